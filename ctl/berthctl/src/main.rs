@@ -1,0 +1,3 @@
+//! Berth's command-line client.
+
+fn main() {}

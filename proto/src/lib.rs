@@ -1,0 +1,1 @@
+//! containerd-compatible v1 API types and services, generated from our own .proto files.

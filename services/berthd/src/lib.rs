@@ -1,0 +1,1 @@
+//! The Berth daemon: config, wiring, socket, signals.

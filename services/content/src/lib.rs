@@ -1,0 +1,1 @@
+//! The raw sha256 content-addressed blob store on disk, with resumable ingests.

@@ -1,0 +1,1 @@
+//! Namespaced metadata in redb: namespaces, content records, leases and garbage collection.
