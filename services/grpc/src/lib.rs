@@ -1,1 +1,95 @@
-//! Thin gRPC adapters from the containerd v1 API to berth-core traits.
+//! berthd's gRPC face: one thin adapter per containerd v1 service.
+//!
+//! Each adapter decodes a request, resolves the [`RequestContext`](berth_core::RequestContext)
+//! from the `containerd-namespace` / `containerd-lease` headers ([`context`]), calls a berth-core
+//! trait on a blocking thread ([`blocking`]), and encodes the answer. Errors become gRPC statuses in
+//! exactly one place ([`error::to_status`]). Proto ↔ core conversions live in [`convert`].
+//!
+//! This crate never names a backend: berthd hands it trait objects through [`Services`].
+
+pub mod admin;
+pub mod content;
+pub mod context;
+pub mod convert;
+pub mod error;
+pub mod health;
+pub mod introspection;
+pub mod layers;
+pub mod leases;
+pub mod namespaces;
+
+use std::sync::Arc;
+
+use berth_core::content::ContentStore;
+use berth_core::gc::GarbageCollector;
+use berth_core::leases::LeaseManager;
+use berth_core::namespaces::NamespaceStore;
+
+pub use introspection::{PluginEntry, ServerInfo};
+
+/// The trait objects and facts the services are built from.
+#[derive(Clone)]
+pub struct Services {
+    /// The namespaced content store.
+    pub content: Arc<dyn ContentStore>,
+    /// Namespaces.
+    pub namespaces: Arc<dyn NamespaceStore>,
+    /// Leases.
+    pub leases: Arc<dyn LeaseManager>,
+    /// Garbage collection.
+    pub gc: Arc<dyn GarbageCollector>,
+    /// What introspection and version report.
+    pub server: Arc<ServerInfo>,
+}
+
+/// Adds every implemented service to a tonic router builder. Services whose issues have not
+/// landed yet (snapshots, images, containers, tasks, diff, events) are not routed, so tonic answers
+/// `Unimplemented` for them, which is what containerd's clients expect of a missing service.
+pub fn routes(services: &Services) -> tonic::service::Routes {
+    use berth_proto::berth::services::admin::v1::admin_server::AdminServer;
+    use berth_proto::containerd::services::content::v1::content_server::ContentServer;
+    use berth_proto::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
+    use berth_proto::containerd::services::leases::v1::leases_server::LeasesServer;
+    use berth_proto::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
+    use berth_proto::containerd::services::version::v1::version_server::VersionServer;
+    use berth_proto::grpc::health::v1::health_server::HealthServer;
+
+    let max = berth_proto::MAX_MESSAGE_SIZE;
+    let mut routes = tonic::service::Routes::default();
+    routes = routes
+        .add_service(
+            ContentServer::new(content::ContentService::new(services.content.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(NamespacesServer::new(namespaces::NamespacesService::new(
+            services.namespaces.clone(),
+        )))
+        .add_service(LeasesServer::new(leases::LeasesService::new(
+            services.leases.clone(),
+        )))
+        .add_service(IntrospectionServer::new(
+            introspection::IntrospectionService::new(services.server.clone()),
+        ))
+        .add_service(VersionServer::new(introspection::VersionService::new(
+            services.server.clone(),
+        )))
+        .add_service(HealthServer::new(health::HealthService))
+        .add_service(AdminServer::new(admin::AdminService::new(services.gc.clone())));
+    routes
+}
+
+/// Runs `f` on a blocking thread inside the caller's tracing span and maps its error to a status.
+pub async fn blocking<T, F>(f: F) -> Result<T, tonic::Status>
+where
+    F: FnOnce() -> berth_core::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
+        Ok(result) => result.map_err(error::to_status),
+        Err(join) => Err(tonic::Status::internal(format!(
+            "blocking task failed: {join}"
+        ))),
+    }
+}
