@@ -23,6 +23,8 @@ pub mod identifiers;
 pub mod labels;
 pub mod leases;
 pub mod namespaces;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result, ResultExt};

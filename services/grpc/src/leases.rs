@@ -40,6 +40,20 @@ fn resource(r: Option<pb::Resource>) -> Result<Resource, Status> {
     })
 }
 
+/// A lease id in containerd's form: `<nanoseconds>-<base64url of 3 random bytes>`.
+pub fn random_id() -> String {
+    use base64::Engine as _;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let bytes: [u8; 3] = rand::random();
+    format!(
+        "{nanos}-{}",
+        base64::engine::general_purpose::URL_SAFE.encode(bytes)
+    )
+}
+
 #[tonic::async_trait]
 impl Leases for LeasesService {
     async fn create(
@@ -49,8 +63,14 @@ impl Leases for LeasesService {
         let ctx = request_context(&req)?;
         let req = req.into_inner();
         let labels = convert::labels(req.labels);
+        // containerd's service picks an id when the client names none (`ctr leases create`).
+        let id = if req.id.is_empty() {
+            random_id()
+        } else {
+            req.id
+        };
         let leases = self.leases.clone();
-        let lease = blocking(move || leases.create(&ctx, &req.id, labels)).await?;
+        let lease = blocking(move || leases.create(&ctx, &id, labels)).await?;
         Ok(Response::new(pb::CreateResponse {
             lease: Some(wire(&lease)),
         }))
@@ -118,5 +138,18 @@ impl Leases for LeasesService {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_ids_are_valid_identifiers_and_differ() {
+        let a = super::random_id();
+        let b = super::random_id();
+        assert_ne!(a, b);
+        let (nanos, suffix) = a.split_once('-').unwrap();
+        assert!(nanos.parse::<u32>().is_ok(), "{a}");
+        assert_eq!(suffix.len(), 4, "{a}");
     }
 }
