@@ -1,1 +1,201 @@
-//! The Berth daemon: config, wiring, socket, signals.
+//! berthd: the composition root. It reads the config, locks the root, opens the stores, and
+//! serves every gRPC service on one unix socket until SIGTERM/SIGINT.
+//!
+//! Tests run the daemon in-process through [`Daemon::open`] and [`serve`], or as a process
+//! through the binary.
+
+pub mod config;
+mod plugins;
+
+use std::fs::File;
+use std::future::Future;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::{Error, Result};
+use berth_grpc::{ServerInfo, Services};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+
+pub use config::Config;
+
+/// The opened daemon: stores wired to services, with the root locked for as long as it lives.
+pub struct Daemon {
+    services: Services,
+    _lock: Flock<File>,
+}
+
+impl Daemon {
+    /// Locks `config.root` and opens every store under it.
+    pub fn open(config: &Config) -> Result<Self> {
+        mkdir(&config.root, 0o711)?;
+        mkdir(&config.state, 0o711)?;
+        let lock = lock_root(&config.root)?;
+        let blobs = berth_content::LocalStore::open(config.root.join("content"))?;
+        let metadata = berth_metadata::Metadata::open(
+            &config.root.join("metadata.redb"),
+            Arc::new(blobs),
+            berth_metadata::GcOptions {
+                debounce: Duration::from_millis(config.gc.debounce_ms),
+            },
+        )?;
+        let server = Arc::new(ServerInfo {
+            uuid: server_uuid(&config.root)?,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            revision: env!("BERTH_REVISION").to_owned(),
+            plugins: plugins::table(config),
+        });
+        let services = Services {
+            content: metadata.clone(),
+            namespaces: metadata.clone(),
+            leases: metadata.clone(),
+            gc: metadata,
+            server,
+        };
+        Ok(Self {
+            services,
+            _lock: lock,
+        })
+    }
+
+    /// The services this daemon serves.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+}
+
+/// Serves `services` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: UnixListener,
+    services: &Services,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .trace_fn(berth_grpc::layers::request_span)
+        .layer(berth_grpc::layers::CatchPanicLayer)
+        .add_routes(berth_grpc::routes(services))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::internal("serving gRPC").with_source(e))
+}
+
+/// Binds the API socket at `path` with `mode`, replacing a stale socket file but refusing one a
+/// live server still answers on.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        mkdir(dir, 0o711)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::failed_precondition(format!(
+                "address {} is in use by a running server",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("removing stale socket {}", path.display()), e))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("setting mode of {}", path.display()), e))?;
+    Ok(listener)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let daemon = Daemon::open(&config)?;
+    let listener = bind(&config.grpc.address, config.grpc.mode)?;
+    tracing::info!(
+        address = %config.grpc.address.display(),
+        root = %config.root.display(),
+        state = %config.state.display(),
+        "berthd serving"
+    );
+    let result = serve(listener, daemon.services(), shutdown_signal()).await;
+    let _ = std::fs::remove_file(&config.grpc.address);
+    tracing::info!("berthd stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop berthd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining requests"),
+        _ = int.recv() => tracing::info!("SIGINT: draining requests"),
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| Error::io(format!("creating directory {}", path.display()), e))
+}
+
+/// Takes an exclusive, non-blocking lock on `<root>/berthd.lock` and records our pid in it, so a
+/// second daemon on the same root fails fast and says who holds it.
+fn lock_root(root: &Path) -> Result<Flock<File>> {
+    let path = root.join("berthd.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(Error::failed_precondition(format!(
+                "root {} is in use by another berthd{}",
+                root.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                }
+            )));
+        }
+        Err((_, errno)) => {
+            return Err(Error::io(
+                format!("locking {}", path.display()),
+                std::io::Error::from(errno),
+            ));
+        }
+    };
+    lock.set_len(0)
+        .and_then(|()| write!(lock, "{}", std::process::id()))
+        .map_err(|e| Error::io(format!("writing pid to {}", path.display()), e))?;
+    Ok(lock)
+}
+
+/// The server's UUID, created on first start and kept in the root.
+fn server_uuid(root: &Path) -> Result<String> {
+    let path: PathBuf = root.join("uuid");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if uuid::Uuid::parse_str(s.trim()).is_ok() => Ok(s.trim().to_owned()),
+        Ok(_) | Err(_) => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let tmp = root.join("uuid.tmp");
+            std::fs::write(&tmp, &id)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            Ok(id)
+        }
+    }
+}

@@ -148,7 +148,13 @@ pub(crate) fn load(dir: &Path, reference: Option<&str>) -> Result<Loaded> {
 pub(crate) fn status(dir: &Path, reference: String, meta: &IngestMeta) -> Result<IngestStatus> {
     let data = dir.join(DATA_FILE);
     let (offset, updated_at) = match fs::metadata(&data) {
-        Ok(md) => (md.len(), md.modified().unwrap_or(meta.started_at)),
+        // File times come from the kernel's coarse clock and can read a little earlier than
+        // the start time taken from the precise one: never report an update before the start.
+        Ok(md) => (
+            md.len(),
+            md.modified()
+                .map_or(meta.started_at, |t| t.max(meta.started_at)),
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if matches!(missing(dir, "")?, Loaded::Absent) {
                 return Err(not_found(&reference));
@@ -366,7 +372,7 @@ impl Writer for LocalWriter {
             .file
             .metadata()
             .and_then(|md| md.modified())
-            .unwrap_or(self.meta.started_at);
+            .map_or(self.meta.started_at, |t| t.max(self.meta.started_at));
         Ok(IngestStatus {
             reference: self.reference.clone(),
             offset: self.offset,
