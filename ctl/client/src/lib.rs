@@ -1,1 +1,40 @@
-//! Async client library for berthd.
+//! Async client library for berthd (and any server of containerd's v1 gRPC API).
+//!
+//! Layout:
+//! - [`Client`] ([`client`]): a connection over a unix socket plus the namespace, lease and
+//!   timeout every request carries. Cloning is cheap; [`Client::with_namespace`],
+//!   [`Client::with_lease`] and [`Client::with_timeout`] return adjusted clones.
+//! - Typed helpers, all returning [`berth_core::Result`]: [`Client::content`] ([`content`]),
+//!   [`Client::namespaces`] ([`namespaces`]), [`Client::leases`] ([`leases`]), and
+//!   [`Client::version`], [`Client::server_uuid`], [`Client::plugins`], [`Client::gc`]
+//!   ([`system`]).
+//! - [`Client::rpc`]: the generated tonic clients with the headers and message limits already
+//!   applied, for services or corner cases the helpers do not cover.
+//! - [`error`]: the one place a `tonic::Status` becomes a [`berth_core::Error`].
+//! - [`convert`]: wire ↔ berth-core conversions (tolerant of Go's year-1 zero timestamps).
+//!
+//! ```no_run
+//! # async fn demo() -> berth_core::Result<()> {
+//! let client = berth_client::Client::connect("/run/berth/berthd.sock", "default").await?;
+//! let digest = client.content().write_blob(b"hello", Default::default()).await?;
+//! assert_eq!(client.content().read_all(&digest).await?, b"hello");
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod content;
+pub mod convert;
+pub mod error;
+pub mod leases;
+pub mod namespaces;
+pub mod system;
+
+pub use client::{Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, Headers, Rpc, Transport};
+pub use content::{Content, IngestSource, Seekable, Unseekable};
+pub use error::from_status;
+pub use leases::{LeaseOptions, Leases, expiry_value, generate_lease_id};
+pub use namespaces::Namespaces;
+pub use system::{PluginInfo, ServerVersion};
+
+/// The socket berthd listens on unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/berth/berthd.sock";

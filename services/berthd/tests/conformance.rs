@@ -1,6 +1,9 @@
 //! The content-store conformance suite over the real stack berthd wires together: the on-disk
 //! LocalStore under the redb Metadata view.
 
+// Test setup reports failure by panicking.
+#![allow(clippy::unwrap_used)]
+
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;

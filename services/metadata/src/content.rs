@@ -234,8 +234,9 @@ impl ContentStore for Metadata {
 fn rename_ref_error(err: Error, ns: &Namespace, reference: &str) -> Error {
     let raw = backend_ref(ns, reference);
     if err.message().contains(&raw) {
-        let message = err.message().replace(&raw, reference);
-        Error::new(err.kind(), message).with_source(err)
+        // The rewritten message says everything the original did, so it is not kept as a
+        // source (which would print it twice).
+        Error::new(err.kind(), err.message().replace(&raw, reference))
     } else {
         err
     }

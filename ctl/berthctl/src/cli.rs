@@ -1,0 +1,352 @@
+//! The command line, parsed into typed commands before anything talks to the daemon.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+use crate::parse;
+
+/// Talk to berthd: namespaces, content, leases, garbage collection.
+#[derive(Debug, Parser)]
+#[command(name = "berthctl", version, about)]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(
+        long,
+        short = 'a',
+        global = true,
+        env = "BERTH_ADDRESS",
+        default_value = berth_client::DEFAULT_SOCKET
+    )]
+    pub address: PathBuf,
+
+    /// The namespace to act in.
+    #[arg(
+        long,
+        short = 'n',
+        global = true,
+        env = "BERTH_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Deadline for each call, e.g. 30s or 2m (default: none; connecting waits 10s).
+    #[arg(long, global = true, value_parser = parse::duration)]
+    pub timeout: Option<Duration>,
+
+    /// Log filter for diagnostics on stderr (error, warn, info, debug, trace, or a
+    /// tracing directive such as berth_client=debug).
+    #[arg(long, global = true, env = "BERTH_LOG", default_value = "warn")]
+    pub log_level: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the client's and the server's version.
+    Version,
+    /// Print the server's UUID and plugins.
+    Info,
+    /// Manage namespaces.
+    #[command(subcommand, visible_alias = "namespaces", visible_alias = "ns")]
+    Namespace(NamespaceCommand),
+    /// Manage content blobs and ingests.
+    #[command(subcommand)]
+    Content(ContentCommand),
+    /// Manage leases.
+    #[command(subcommand, visible_alias = "leases")]
+    Lease(LeaseCommand),
+    /// Run garbage collection now and print what it removed.
+    Gc,
+}
+
+/// `key=value` labels; `key=` removes the key where labels are updated.
+#[derive(Debug, Args)]
+pub struct LabelFlags {
+    /// A label, key=value (repeatable).
+    #[arg(long = "label", short = 'l', value_parser = parse::label)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// `berthctl namespace …`.
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Create a namespace.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its labels.
+        #[command(flatten)]
+        labels: LabelFlags,
+    },
+    /// List namespaces.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove empty namespaces.
+    #[command(visible_alias = "remove", visible_alias = "delete")]
+    Rm {
+        /// The names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Set labels on a namespace (key= removes one).
+    Label {
+        /// The namespace.
+        name: String,
+        /// key=value pairs.
+        #[arg(required = true, value_parser = parse::label)]
+        labels: Vec<(String, String)>,
+    },
+}
+
+/// `berthctl content …`.
+#[derive(Debug, Subcommand)]
+pub enum ContentCommand {
+    /// List blobs, optionally matching filters (e.g. labels."containerd.io/gc.root").
+    #[command(visible_alias = "list")]
+    Ls {
+        /// containerd filters; a blob matching any is listed.
+        filters: Vec<String>,
+    },
+    /// Write a blob's bytes to stdout.
+    #[command(visible_alias = "cat")]
+    Get {
+        /// The blob's digest.
+        digest: String,
+    },
+    /// Store a file (or stdin) under an ingest ref and print its digest.
+    Ingest {
+        /// The ingest ref; re-using it after an interruption resumes the upload.
+        reference: String,
+        /// The digest the data must have.
+        #[arg(long)]
+        expected_digest: Option<String>,
+        /// The size the data must have, in bytes.
+        #[arg(long)]
+        expected_size: Option<u64>,
+        /// Labels for the committed blob.
+        #[command(flatten)]
+        labels: LabelFlags,
+        /// The file to read; stdin when absent or "-".
+        file: Option<PathBuf>,
+    },
+    /// Remove blobs from the namespace.
+    #[command(visible_alias = "remove", visible_alias = "delete")]
+    Rm {
+        /// The digests.
+        #[arg(required = true)]
+        digests: Vec<String>,
+    },
+    /// Set labels on a blob (key= removes one).
+    Label {
+        /// The blob's digest.
+        digest: String,
+        /// key=value pairs.
+        #[arg(required = true, value_parser = parse::label)]
+        labels: Vec<(String, String)>,
+    },
+    /// List ingests in progress.
+    Active {
+        /// containerd filters (e.g. ref~=layer).
+        filters: Vec<String>,
+    },
+}
+
+/// `berthctl lease …`.
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Create a lease and print its id.
+    Create {
+        /// The id (default: generated, containerd-style).
+        #[arg(long)]
+        id: Option<String>,
+        /// Its labels.
+        #[command(flatten)]
+        labels: LabelFlags,
+        /// Let garbage collection ignore the lease after this long (e.g. 24h).
+        #[arg(long, value_parser = parse::duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List leases.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// containerd filters (e.g. id==x, labels."k").
+        filters: Vec<String>,
+    },
+    /// Delete leases.
+    #[command(visible_alias = "remove", visible_alias = "delete")]
+    Rm {
+        /// The ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Collect garbage before returning.
+        #[arg(long)]
+        sync: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("berthctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_default_and_parse_anywhere() {
+        // The defaults only show when the environment does not override them.
+        if std::env::var_os("BERTH_ADDRESS").is_none()
+            && std::env::var_os("BERTH_NAMESPACE").is_none()
+        {
+            let cli = parse(&["version"]).unwrap();
+            assert_eq!(cli.address, PathBuf::from("/run/berth/berthd.sock"));
+            assert_eq!(cli.namespace, "default");
+        }
+        let cli = parse(&["version"]).unwrap();
+        assert_eq!(cli.format, Format::Table);
+        assert_eq!(cli.timeout, None);
+        assert_eq!(cli.log_level, "warn");
+
+        let cli = parse(&[
+            "content",
+            "ls",
+            "-n",
+            "k8s.io",
+            "--format",
+            "json",
+            "--timeout",
+            "1m30s",
+            "--address",
+            "/tmp/b.sock",
+        ])
+        .unwrap();
+        assert_eq!(cli.namespace, "k8s.io");
+        assert_eq!(cli.format, Format::Json);
+        assert_eq!(cli.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(cli.address, PathBuf::from("/tmp/b.sock"));
+    }
+
+    #[test]
+    fn namespace_commands() {
+        let cli = parse(&["namespace", "create", "web", "--label", "a=b", "-l", "c="]).unwrap();
+        match cli.command {
+            Command::Namespace(NamespaceCommand::Create { name, labels }) => {
+                assert_eq!(name, "web");
+                assert_eq!(
+                    labels.labels,
+                    vec![("a".into(), "b".into()), ("c".into(), "".into())]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["ns", "list"]).unwrap().command,
+            Command::Namespace(NamespaceCommand::Ls)
+        ));
+        match parse(&["namespace", "label", "web", "x=1", "y="])
+            .unwrap()
+            .command
+        {
+            Command::Namespace(NamespaceCommand::Label { name, labels }) => {
+                assert_eq!(name, "web");
+                assert_eq!(labels.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["namespace", "rm"]).is_err(), "rm needs a name");
+        assert!(parse(&["namespace", "label", "web", "nokey"]).is_err());
+    }
+
+    #[test]
+    fn content_commands() {
+        match parse(&[
+            "content",
+            "ingest",
+            "ref1",
+            "--expected-digest",
+            "sha256:00",
+            "--expected-size",
+            "12",
+            "--label",
+            "containerd.io/gc.root=1",
+            "/tmp/f",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Content(ContentCommand::Ingest {
+                reference,
+                expected_digest,
+                expected_size,
+                labels,
+                file,
+            }) => {
+                assert_eq!(reference, "ref1");
+                assert_eq!(expected_digest.as_deref(), Some("sha256:00"));
+                assert_eq!(expected_size, Some(12));
+                assert_eq!(labels.labels.len(), 1);
+                assert_eq!(file, Some(PathBuf::from("/tmp/f")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["content", "ls", "labels.a==b", "size"])
+            .unwrap()
+            .command
+        {
+            Command::Content(ContentCommand::Ls { filters }) => {
+                assert_eq!(filters, vec!["labels.a==b", "size"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["content", "ingest", "r", "--expected-size", "x"]).is_err());
+        assert!(parse(&["content", "rm"]).is_err());
+    }
+
+    #[test]
+    fn lease_commands() {
+        match parse(&["lease", "create", "--id", "l1", "--expires-in", "24h"])
+            .unwrap()
+            .command
+        {
+            Command::Lease(LeaseCommand::Create { id, expires_in, .. }) => {
+                assert_eq!(id.as_deref(), Some("l1"));
+                assert_eq!(expires_in, Some(Duration::from_secs(86_400)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["leases", "rm", "a", "b", "--sync"])
+            .unwrap()
+            .command
+        {
+            Command::Lease(LeaseCommand::Rm { ids, sync }) => {
+                assert_eq!(ids, vec!["a", "b"]);
+                assert!(sync);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["lease", "create", "--expires-in", "soon"]).is_err());
+        assert!(
+            parse(&["--timeout", "10", "gc"]).is_err(),
+            "a unit is required"
+        );
+        assert!(parse(&["--format", "yaml", "gc"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+    }
+}

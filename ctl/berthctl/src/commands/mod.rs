@@ -1,0 +1,159 @@
+//! Runs a parsed command against the daemon.
+
+mod content;
+mod lease;
+mod namespace;
+mod system;
+
+use std::io::Write as _;
+use std::path::Path;
+
+use berth_client::{Client, ConnectOptions};
+use berth_core::Error;
+use berth_core::labels::Labels;
+
+use crate::cli::{Cli, Command};
+use crate::output::Format;
+use crate::{CmdResult, Failure};
+
+/// What every command needs: how to reach the daemon and how to print.
+pub struct Ctx {
+    address: std::path::PathBuf,
+    namespace: String,
+    timeout: Option<std::time::Duration>,
+    /// The output format.
+    pub format: Format,
+}
+
+impl Ctx {
+    /// Connects, or prints which socket failed and how to fix it.
+    pub async fn connect(&self) -> Result<Client, Failure> {
+        let options = ConnectOptions {
+            timeout: self.timeout,
+            connect_timeout: self
+                .timeout
+                .unwrap_or(ConnectOptions::default().connect_timeout),
+        };
+        Client::connect_with(&self.address, self.namespace.clone(), options)
+            .await
+            .map_err(|e| {
+                eprintln!(
+                    "berthctl: {}\nberthctl: is berthd running? Start it, or point --address \
+                     (or BERTH_ADDRESS) at its socket",
+                    e.message()
+                );
+                Failure::Reported
+            })
+    }
+}
+
+/// Runs `cli`'s command.
+pub async fn run(cli: Cli) -> CmdResult {
+    let ctx = Ctx {
+        address: cli.address,
+        namespace: cli.namespace,
+        timeout: cli.timeout,
+        format: cli.format,
+    };
+    match cli.command {
+        Command::Version => system::version(&ctx).await,
+        Command::Info => system::info(&ctx).await,
+        Command::Gc => system::gc(&ctx).await,
+        Command::Namespace(cmd) => namespace::run(&ctx, cmd).await,
+        Command::Content(cmd) => content::run(&ctx, cmd).await,
+        Command::Lease(cmd) => lease::run(&ctx, cmd).await,
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe (e.g. `| head`) is not an error worth a message.
+pub fn print(text: &str) -> CmdResult {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::Reported),
+        Err(e) => Err(Error::io("write to stdout", e).into()),
+    }
+}
+
+/// Whether `err` was caused by writing to a closed pipe.
+pub fn is_broken_pipe(err: &Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// The labels from `key=value` pairs.
+pub fn label_map(pairs: Vec<(String, String)>) -> Labels {
+    pairs.into_iter().collect()
+}
+
+/// Removes each target with `remove`, printing each success (table) or all of them (JSON), and
+/// each failure as it happens; fails at the end when any did.
+pub async fn remove_each<F, Fut>(ctx: &Ctx, targets: Vec<String>, mut remove: F) -> CmdResult
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<String, Error>>,
+{
+    let mut removed = Vec::new();
+    let mut failed = false;
+    for target in targets {
+        match remove(target).await {
+            Ok(name) => {
+                if ctx.format == Format::Table {
+                    print(&format!("{name}\n"))?;
+                }
+                removed.push(name);
+            }
+            Err(e) => {
+                crate::report(&e);
+                failed = true;
+            }
+        }
+    }
+    if ctx.format == Format::Json {
+        print(&removed_json(&removed))?;
+    }
+    if failed {
+        Err(Failure::Reported)
+    } else {
+        Ok(())
+    }
+}
+
+/// `{"removed": [...]}`.
+pub fn removed_json(removed: &[String]) -> String {
+    crate::output::json(&serde_json::json!({ "removed": removed }))
+}
+
+/// Whether `path` names stdin.
+pub fn is_stdin(path: Option<&Path>) -> bool {
+    path.is_none_or(|p| p == Path::new("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_shape() {
+        let v: serde_json::Value =
+            serde_json::from_str(&removed_json(&["a".into(), "b".into()])).unwrap();
+        assert_eq!(v, serde_json::json!({"removed": ["a", "b"]}));
+    }
+
+    #[test]
+    fn broken_pipes_are_recognised() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_broken_pipe(&Error::io("write content x", pipe)));
+        let other = std::io::Error::from(std::io::ErrorKind::Other);
+        assert!(!is_broken_pipe(&Error::io("write content x", other)));
+        assert!(!is_broken_pipe(&Error::not_found("x")));
+    }
+
+    #[test]
+    fn stdin_paths() {
+        assert!(is_stdin(None));
+        assert!(is_stdin(Some(Path::new("-"))));
+        assert!(!is_stdin(Some(Path::new("./-x"))));
+    }
+}

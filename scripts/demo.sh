@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The main job: set up, build, start berthd with its built-in default configuration, and show it
+# working end to end through berthctl and containerd's own `ctr`. Stops the daemon on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo build --release -p berthd -p berthctl
+bin=$PWD/target/release
+
+sock=$("$bin/berthd" config dump | sed -n 's/.*address: "\(.*\)",/\1/p')
+log=$(mktemp /tmp/berthd-demo.XXXXXX.log)
+"$bin/berthd" >"$log" 2>&1 &
+daemon=$!
+cleanup() {
+    kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
+    echo "== berthd stopped (log: $log)"
+}
+trap cleanup EXIT
+
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+[ -S "$sock" ] || { cat "$log"; echo "berthd did not start" >&2; exit 1; }
+
+run() { echo "\$ $*"; "$@"; echo; }
+ctl="$bin/berthctl --address $sock"
+run $ctl version
+run $ctl info
+run $ctl namespace create demo --label purpose=demo
+run $ctl namespace ls
+head -c 4M /dev/urandom >"$log.blob"
+run $ctl -n demo lease create --id demo-lease --expires-in 1h
+run $ctl -n demo content ingest demo-blob "$log.blob"
+run $ctl -n demo content ls
+run ctr --address "$sock" -n demo content ls
+run $ctl -n demo lease rm demo-lease --sync
+run $ctl -n demo content ls
+run $ctl -n demo gc
+run ctr --address "$sock" version
+rm -f "$log.blob"
