@@ -318,7 +318,10 @@ async fn write_session(
         // Later messages may announce or change total/expected; the latest values win.
         let total = convert::size(msg.total, "total").map_err(to_status)?;
         let expected = convert::optional_digest(&msg.expected).map_err(to_status)?;
-        if let Some(d) = expected.clone().filter(|d| current_expected.as_ref() != Some(d)) {
+        if let Some(d) = expected
+            .clone()
+            .filter(|d| current_expected.as_ref() != Some(d))
+        {
             // A newly announced digest the namespace already holds ends the ingest: the client
             // takes AlreadyExists as "skip, you have it".
             let (s, c, probe) = (store.clone(), ctx.clone(), d.clone());
@@ -326,7 +329,9 @@ async fn write_session(
                 drop(writer);
                 let (s, c, r) = (store.clone(), ctx.clone(), reference.clone());
                 let _ = blocking(move || s.abort(&c, &r)).await;
-                return Err(Status::already_exists(format!("content {d}: already exists")));
+                return Err(Status::already_exists(format!(
+                    "content {d}: already exists"
+                )));
             }
             current_expected = Some(d);
         }
@@ -335,8 +340,9 @@ async fn write_session(
         writer = w;
         r?;
 
-        let action = pb::WriteAction::try_from(msg.action)
-            .map_err(|_| Status::invalid_argument(format!("unknown write action {}", msg.action)))?;
+        let action = pb::WriteAction::try_from(msg.action).map_err(|_| {
+            Status::invalid_argument(format!("unknown write action {}", msg.action))
+        })?;
         match action {
             pb::WriteAction::Stat => {
                 let (w, r) =

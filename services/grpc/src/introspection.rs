@@ -73,7 +73,11 @@ fn wire_plugin(p: &PluginEntry) -> pb::Plugin {
             architecture: go_arch().to_owned(),
             variant: String::new(),
         }],
-        exports: p.exports.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        exports: p
+            .exports
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         capabilities: p.capabilities.clone(),
         init_err: p
             .init_error

@@ -69,8 +69,10 @@ where
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic".to_owned());
                     tracing::error!(method = %path, panic = %what, "handler panicked");
-                    Ok(tonic::Status::internal(format!("internal error in {path}: {what}"))
-                        .into_http())
+                    Ok(
+                        tonic::Status::internal(format!("internal error in {path}: {what}"))
+                            .into_http(),
+                    )
                 }
             }
         })

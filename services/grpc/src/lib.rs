@@ -75,7 +75,9 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
             services.server.clone(),
         )))
         .add_service(HealthServer::new(health::HealthService))
-        .add_service(AdminServer::new(admin::AdminService::new(services.gc.clone())));
+        .add_service(AdminServer::new(admin::AdminService::new(
+            services.gc.clone(),
+        )));
     routes
 }
 

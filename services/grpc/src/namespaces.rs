@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use berth_core::Namespace;
 use berth_core::filters::Filters;
 use berth_core::namespaces::{NamespaceInfo, NamespaceStore};
-use berth_core::Namespace;
 use berth_proto::containerd::services::namespaces::v1 as pb;
 use pb::namespaces_server::Namespaces;
 use tonic::{Request, Response, Status};
@@ -118,4 +118,3 @@ impl Namespaces for NamespacesService {
         Ok(Response::new(()))
     }
 }
-
