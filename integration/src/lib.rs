@@ -120,7 +120,11 @@ impl Daemon {
             if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("berthd exited early with {status}:\n{}", self.log());
             }
             assert!(
@@ -222,13 +226,18 @@ pub struct CmdOutput {
 }
 
 impl CmdOutput {
-    fn run(mut cmd: Command) -> Self {
+    /// Runs an arbitrary command.
+    pub fn run_public(cmd: &mut Command) -> Self {
         let command = format!("{cmd:?}");
         let output = cmd
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run {command}: {e}"));
         Self { command, output }
+    }
+
+    fn run(mut cmd: Command) -> Self {
+        Self::run_public(&mut cmd)
     }
 
     fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Self {
