@@ -104,8 +104,12 @@ pub trait Writer: Send {
     /// Verifies `size` (when non-zero) and `expected` (when given) against what was written and
     /// makes the blob visible with `labels`. Fails with FailedPrecondition on a mismatch, leaving
     /// nothing stored, and with AlreadyExists when the blob already exists.
-    fn commit(self: Box<Self>, size: u64, expected: Option<Digest>, labels: Labels)
-    -> Result<Digest>;
+    fn commit(
+        self: Box<Self>,
+        size: u64,
+        expected: Option<Digest>,
+        labels: Labels,
+    ) -> Result<Digest>;
 }
 
 /// The raw content-addressed store, shared by all namespaces.

@@ -85,7 +85,15 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         for bad in [
-            "", "-a", "a-", "a..b", "a/b", "../x", "a b", "ü", &"x".repeat(77),
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b",
+            "../x",
+            "a b",
+            "ü",
+            &"x".repeat(77),
         ] {
             assert!(Namespace::new(bad).is_err(), "{bad:?} accepted");
         }

@@ -22,7 +22,9 @@ pub mod gc;
 pub mod identifiers;
 pub mod labels;
 pub mod leases;
+pub mod mount;
 pub mod namespaces;
+pub mod snapshots;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 

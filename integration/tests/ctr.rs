@@ -1,5 +1,7 @@
 //! containerd's own `ctr` (from Debian's containerd package) against berthd, unchanged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use berth_core::Digest;
 use berth_integration::{Daemon, random_bytes};
 
@@ -25,7 +27,11 @@ fn version_reports_server_and_uuid() {
 fn plugins_are_listed() {
     let d = Daemon::start();
     let out = d.ctr(&["plugins", "ls"]).ok();
-    for needle in ["io.containerd.content.v1", "io.containerd.grpc.v1", "leases"] {
+    for needle in [
+        "io.containerd.content.v1",
+        "io.containerd.grpc.v1",
+        "leases",
+    ] {
         assert!(out.contains(needle), "{needle} missing:\n{out}");
     }
     let content_line = out
@@ -38,30 +44,44 @@ fn plugins_are_listed() {
 #[test]
 fn namespaces_create_label_list_remove() {
     let d = Daemon::start();
-    d.ctr(&["namespaces", "create", "team-a", "owner=alice"]).ok();
+    d.ctr(&["namespaces", "create", "team-a", "owner=alice"])
+        .ok();
     let ls = d.ctr(&["namespaces", "ls"]).ok();
-    let line = ls.lines().find(|l| l.starts_with("team-a")).unwrap_or_else(|| panic!("{ls}"));
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with("team-a"))
+        .unwrap_or_else(|| panic!("{ls}"));
     assert!(line.contains("owner=alice"), "{line}");
 
     d.ctr(&["namespaces", "label", "team-a", "tier=gold"]).ok();
     let ls = d.ctr(&["namespaces", "ls"]).ok();
     let line = ls.lines().find(|l| l.starts_with("team-a")).unwrap();
-    assert!(line.contains("tier=gold") && line.contains("owner=alice"), "{line}");
+    assert!(
+        line.contains("tier=gold") && line.contains("owner=alice"),
+        "{line}"
+    );
 
     // A namespace holding content cannot be removed.
     d.ctr_stdin(&["-n", "team-a", "content", "ingest", "blob-1"], b"hello")
         .ok();
     let err = d.ctr(&["namespaces", "rm", "team-a"]).fails();
-    assert!(err.contains("must be empty") || err.contains("failed precondition"), "{err}");
+    assert!(
+        err.contains("must be empty") || err.contains("failed precondition"),
+        "{err}"
+    );
 
     let digest = Digest::of(b"hello");
-    d.ctr(&["-n", "team-a", "content", "rm", digest.as_str()]).ok();
+    d.ctr(&["-n", "team-a", "content", "rm", digest.as_str()])
+        .ok();
     d.ctr(&["namespaces", "rm", "team-a"]).ok();
     assert!(!d.ctr(&["namespaces", "ls"]).ok().contains("team-a"));
 
     // Bad names are refused with InvalidArgument.
     let err = d.ctr(&["namespaces", "create", "bad/name"]).fails();
-    assert!(err.contains("invalid argument") || err.contains("must match"), "{err}");
+    assert!(
+        err.contains("invalid argument") || err.contains("must match"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -90,13 +110,20 @@ fn content_ingest_ls_get_label_rm_20mb() {
         .find(|l| l.starts_with(digest.as_str()))
         .unwrap_or_else(|| panic!("{digest} not listed:\n{ls}"));
     // ctr prints decimal human sizes: 20 MiB = 20.97MB.
-    assert!(line.contains("20.97MB") || line.contains("20.97 MB"), "{line}");
+    assert!(
+        line.contains("20.97MB") || line.contains("20.97 MB"),
+        "{line}"
+    );
 
     let got = d.ctr(&["content", "get", digest.as_str()]);
     got.ok();
-    assert!(got.output.stdout == data, "ctr content get returned different bytes");
+    assert!(
+        got.output.stdout == data,
+        "ctr content get returned different bytes"
+    );
 
-    d.ctr(&["content", "label", digest.as_str(), "color=blue"]).ok();
+    d.ctr(&["content", "label", digest.as_str(), "color=blue"])
+        .ok();
     let ls = d.ctr(&["content", "ls"]).ok();
     let line = ls.lines().find(|l| l.starts_with(digest.as_str())).unwrap();
     assert!(line.contains("color=blue"), "{line}");
@@ -117,7 +144,13 @@ fn content_ingest_wrong_digest_stores_nothing() {
     let wrong = Digest::of(b"something else");
     let err = d
         .ctr_stdin(
-            &["content", "ingest", "--expected-digest", wrong.as_str(), "bad-ref"],
+            &[
+                "content",
+                "ingest",
+                "--expected-digest",
+                wrong.as_str(),
+                "bad-ref",
+            ],
             b"actual bytes",
         )
         .fails();
@@ -142,7 +175,10 @@ fn leases_create_list_remove() {
     assert!(!generated.is_empty());
 
     let ls = d.ctr(&["leases", "ls"]).ok();
-    let line = ls.lines().find(|l| l.starts_with("my-lease")).unwrap_or_else(|| panic!("{ls}"));
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with("my-lease"))
+        .unwrap_or_else(|| panic!("{ls}"));
     assert!(line.contains("containerd.io/gc.expire"), "{line}");
     assert!(ls.contains(generated), "{ls}");
 

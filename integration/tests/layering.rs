@@ -1,6 +1,8 @@
 //! The architecture's dependency rules, checked against `cargo metadata`: a crate that reaches
 //! for something its layer forbids fails this test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
@@ -8,11 +10,21 @@ use std::process::Command;
 fn workspace_deps() -> BTreeMap<String, BTreeSet<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut deps = BTreeMap::new();
     for pkg in meta["packages"].as_array().unwrap() {
@@ -34,8 +46,16 @@ const RULES: &[(&str, &[&str], &str)] = &[
     (
         "berth-core",
         &[
-            "tonic", "prost", "berth-proto", "redb", "tokio", "nix", "libc", "berth-content",
-            "berth-metadata", "berth-grpc",
+            "tonic",
+            "prost",
+            "berth-proto",
+            "redb",
+            "tokio",
+            "nix",
+            "libc",
+            "berth-content",
+            "berth-metadata",
+            "berth-grpc",
         ],
         "core holds types and traits only: no wire, database, runtime or syscalls",
     ),
@@ -56,13 +76,41 @@ const RULES: &[(&str, &[&str], &str)] = &[
     ),
     (
         "berth-client",
-        &["berth-content", "berth-metadata", "berth-grpc", "berthd", "redb"],
+        &[
+            "berth-content",
+            "berth-metadata",
+            "berth-grpc",
+            "berthd",
+            "redb",
+        ],
         "clients talk to berthd over the socket only",
     ),
     (
         "berthctl",
-        &["berth-content", "berth-metadata", "berth-grpc", "berthd", "redb", "tonic"],
+        &[
+            "berth-content",
+            "berth-metadata",
+            "berth-grpc",
+            "berthd",
+            "redb",
+            "tonic",
+        ],
         "berthctl goes through berth-client",
+    ),
+    (
+        "berth-snapshot-storage",
+        &["tonic", "prost", "berth-proto", "berth-metadata", "berth-content"],
+        "snapshot bookkeeping is local to each snapshotter",
+    ),
+    (
+        "berth-snapshot-overlay",
+        &["tonic", "prost", "berth-proto", "berth-metadata", "berth-content", "redb"],
+        "snapshotters manage directories and mounts; storage keeps their books",
+    ),
+    (
+        "berth-snapshot-native",
+        &["tonic", "prost", "berth-proto", "berth-metadata", "berth-content", "redb"],
+        "snapshotters manage directories and mounts; storage keeps their books",
     ),
     (
         "berthd",
@@ -85,7 +133,11 @@ fn crates_respect_the_layering() {
             }
         }
     }
-    assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "layering violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 /// Crates allowed to open the embedded database: the daemon's metadata, and each snapshotter's
