@@ -7,6 +7,8 @@
 // A harness reports failure by panicking with a message: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod remote;
+
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

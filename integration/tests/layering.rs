@@ -99,17 +99,37 @@ const RULES: &[(&str, &[&str], &str)] = &[
     ),
     (
         "berth-snapshot-storage",
-        &["tonic", "prost", "berth-proto", "berth-metadata", "berth-content"],
+        &[
+            "tonic",
+            "prost",
+            "berth-proto",
+            "berth-metadata",
+            "berth-content",
+        ],
         "snapshot bookkeeping is local to each snapshotter",
     ),
     (
         "berth-snapshot-overlay",
-        &["tonic", "prost", "berth-proto", "berth-metadata", "berth-content", "redb"],
+        &[
+            "tonic",
+            "prost",
+            "berth-proto",
+            "berth-metadata",
+            "berth-content",
+            "redb",
+        ],
         "snapshotters manage directories and mounts; storage keeps their books",
     ),
     (
         "berth-snapshot-native",
-        &["tonic", "prost", "berth-proto", "berth-metadata", "berth-content", "redb"],
+        &[
+            "tonic",
+            "prost",
+            "berth-proto",
+            "berth-metadata",
+            "berth-content",
+            "redb",
+        ],
         "snapshotters manage directories and mounts; storage keeps their books",
     ),
     (
