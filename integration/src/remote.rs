@@ -162,7 +162,6 @@ impl ContentStore for RemoteContentStore {
                 .block_on(Session::open(&client, reference, total, expected.as_ref()))?;
         Ok(Box::new(RemoteWriter {
             runtime: self.runtime.clone(),
-            client,
             reference: reference.to_owned(),
             total,
             expected,
@@ -328,13 +327,9 @@ impl Session {
 
 /// An ingest held open through one Write stream.
 ///
-/// `truncate` on an ingest holding bytes closes the stream, aborts the ingest and reopens a
-/// stream on the same ref with the same expectations: nothing else in the protocol empties an
-/// ingest. Between the close and the reopen another writer could take the ref; the reopen then
-/// fails with Unavailable rather than writing into someone else's ingest.
+/// `truncate` sends a WRITE at offset 0, which the protocol defines as restarting the ingest.
 pub struct RemoteWriter {
     runtime: Arc<Runtime>,
-    client: Client,
     reference: String,
     total: u64,
     expected: Option<Digest>,
@@ -400,18 +395,19 @@ impl Writer for RemoteWriter {
         if self.session().offset == 0 {
             return Ok(());
         }
+        // The protocol's restart: a WRITE at offset 0 empties a non-empty ingest.
         let runtime = self.runtime.clone();
-        let client = self.client.clone();
-        let reference = self.reference.clone();
-        let (total, expected) = (self.total, self.expected.clone());
         let session = self.session();
-        let fresh = runtime.block_on(async {
-            session.close().await?;
-            client.content().abort(&reference).await?;
-            Session::open(&client, &reference, total, expected.as_ref()).await
-        });
-        let fresh = fresh.map_err(|e| e.context(format!("truncate ingest {reference:?}")))?;
-        *session = fresh;
+        runtime.block_on(session.send(pb::WriteContentRequest {
+            action: pb::WriteAction::Write as i32,
+            ..Default::default()
+        }))?;
+        if session.offset != 0 {
+            return Err(Error::data_loss(format!(
+                "ingest {:?}: server holds {} bytes after a restart",
+                session.reference, session.offset
+            )));
+        }
         Ok(())
     }
 

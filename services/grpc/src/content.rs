@@ -361,7 +361,8 @@ async fn write_session(
                             "write offset {offset} does not match the ingest's offset {current}"
                         )));
                     }
-                    if offset == 0 && current > 0 && !data.is_empty() {
+                    // As containerd: a write or commit at offset 0 restarts a non-empty ingest.
+                    if offset == 0 && current > 0 {
                         w.truncate()?;
                     }
                     if !data.is_empty() {
