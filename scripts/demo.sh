@@ -8,7 +8,7 @@ scripts/setup.sh
 cargo build --release -p berthd -p berthctl
 bin=$PWD/target/release
 
-sock=$("$bin/berthd" config dump | sed -n 's/.*address: "\(.*\)",/\1/p')
+sock=$("$bin/berthd" config dump | sed -n 's/^address = "\(.*\)"/\1/p')
 log=$(mktemp /tmp/berthd-demo.XXXXXX.log)
 "$bin/berthd" >"$log" 2>&1 &
 daemon=$!

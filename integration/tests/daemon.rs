@@ -42,9 +42,16 @@ fn config_file_and_flags_layer_over_defaults() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("\"/srv/berth\""), "{text}");
-    assert!(text.contains("\"/tmp/berth-state-flag\""), "{text}");
-    assert!(text.contains("\"debug\""), "{text}");
+    let dumped: toml::Table = text.parse().unwrap();
+    assert_eq!(dumped["root"].as_str(), Some("/srv/berth"), "{text}");
+    assert_eq!(
+        dumped["state"].as_str(),
+        Some("/tmp/berth-state-flag"),
+        "{text}"
+    );
+    assert_eq!(dumped["log"]["level"].as_str(), Some("debug"), "{text}");
+    // What the file does not name keeps its default.
+    assert_eq!(dumped["grpc"]["mode"].as_integer(), Some(0o660), "{text}");
 
     std::fs::write(&cfg, "rooot = \"/typo\"\n").unwrap();
     let out = Command::new(bin("berthd"))

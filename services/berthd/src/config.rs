@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use berth_core::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default configuration, as shipped (`berthd config default` prints it).
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 
 /// The daemon's configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The config format version (1).
@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 /// The socket settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
     /// The unix socket path.
@@ -37,7 +37,7 @@ pub struct GrpcConfig {
 }
 
 /// Logging settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A level or a tracing filter directive.
@@ -45,7 +45,7 @@ pub struct LogConfig {
 }
 
 /// Garbage-collection settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
     /// Delay before a scheduled collection runs, in milliseconds.
@@ -56,6 +56,12 @@ impl Config {
     /// The built-in defaults.
     pub fn default_config() -> Result<Self> {
         Self::parse(DEFAULT_CONFIG, Path::new("<built-in>"))
+    }
+
+    /// The configuration as TOML, in the same shape the file takes.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self)
+            .map_err(|e| Error::internal(format!("rendering the configuration: {e}")))
     }
 
     /// Reads a config file layered over the defaults: keys the file omits keep their defaults.

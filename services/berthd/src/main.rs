@@ -14,16 +14,16 @@ struct Cli {
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Persistent data directory.
-    #[arg(long)]
+    #[arg(long, global = true)]
     root: Option<PathBuf>,
     /// Runtime state directory.
-    #[arg(long)]
+    #[arg(long, global = true)]
     state: Option<PathBuf>,
     /// The unix socket to serve on.
-    #[arg(long)]
+    #[arg(long, global = true)]
     address: Option<PathBuf>,
     /// Log level or tracing filter (error, warn, info, debug, trace).
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -78,9 +78,9 @@ fn main() -> ExitCode {
         Some(Command::Config {
             command: ConfigCommand::Dump,
         }) => {
-            return match effective_config(&cli) {
-                Ok(config) => {
-                    println!("{config:#?}");
+            return match effective_config(&cli).and_then(|c| c.to_toml()) {
+                Ok(text) => {
+                    print!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
