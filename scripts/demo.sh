@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 cargo build --release -p berthd -p berthctl
-bin=$PWD/target/release
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 
 sock=$("$bin/berthd" config dump | sed -n 's/^address = "\(.*\)"/\1/p')
 log=$(mktemp /tmp/berthd-demo.XXXXXX.log)
