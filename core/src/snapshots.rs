@@ -1,7 +1,7 @@
 //! Snapshots: layered filesystem states, and the [`Snapshotter`] trait that manages them.
 //!
-//! Backends (overlay, native) implement [`Snapshotter`]; the Snapshots service adapts it to the
-//! wire and the metadata layer puts namespaces in front of it.
+//! Backends (overlay, native) implement [`Snapshotter`]; the metadata layer puts namespaces in
+//! front of them as one [`SnapshotStore`], which the Snapshots service adapts to the wire.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use crate::filters::{Adaptor, Filters, label_field};
 use crate::labels::Labels;
 use crate::mount::Mount;
-use crate::{Error, Result};
+use crate::{Error, RequestContext, Result};
 
 /// What a snapshot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -239,6 +239,80 @@ pub trait Snapshotter: Send + Sync {
 
     /// Removes files that no snapshot owns, e.g. what a crash left half-made.
     fn cleanup(&self) -> Result<()>;
+}
+
+/// The namespaced view of every snapshotter the daemon runs: what the Snapshots service serves.
+///
+/// Each method is the [`Snapshotter`] method of the same name, acting in `ctx.namespace` on the
+/// backend named `snapshotter` (`"overlayfs"`, `"native"`). Keys and names are per namespace:
+/// two namespaces may both have a snapshot `k`, and neither sees the other's. A parent must be
+/// one of the namespace's own committed snapshots (NotFound otherwise). When `ctx.lease` is
+/// set, [`prepare`](Self::prepare), [`view`](Self::view) and [`commit`](Self::commit) attach the
+/// new snapshot to that lease as a `snapshots/<snapshotter>` resource.
+///
+/// An empty or unknown `snapshotter` is InvalidArgument (`snapshotter not loaded: <name>`).
+pub trait SnapshotStore: Send + Sync {
+    /// The names of the loaded snapshotters, sorted.
+    fn snapshotters(&self) -> Vec<String>;
+
+    /// The namespace's snapshot `key` (a key or a committed name).
+    fn stat(&self, ctx: &RequestContext, snapshotter: &str, key: &str) -> Result<Info>;
+
+    /// Updates the labels of the namespace's snapshot `info.name` under a field mask.
+    fn update(
+        &self,
+        ctx: &RequestContext,
+        snapshotter: &str,
+        info: Info,
+        paths: &[String],
+    ) -> Result<Info>;
+
+    /// The disk the namespace's snapshot `key` takes (see [`Snapshotter::usage`]).
+    fn usage(&self, ctx: &RequestContext, snapshotter: &str, key: &str) -> Result<Usage>;
+
+    /// The mounts of the namespace's active or view snapshot `key`.
+    fn mounts(&self, ctx: &RequestContext, snapshotter: &str, key: &str) -> Result<Vec<Mount>>;
+
+    /// Creates a writable snapshot `key` on the namespace's committed `parent`.
+    fn prepare(
+        &self,
+        ctx: &RequestContext,
+        snapshotter: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>>;
+
+    /// Creates a read-only snapshot `key` of the namespace's committed `parent`.
+    fn view(
+        &self,
+        ctx: &RequestContext,
+        snapshotter: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>>;
+
+    /// Commits the namespace's active snapshot `key` as `name`.
+    fn commit(
+        &self,
+        ctx: &RequestContext,
+        snapshotter: &str,
+        name: &str,
+        key: &str,
+        labels: Labels,
+    ) -> Result<()>;
+
+    /// Removes the namespace's snapshot `key`; FailedPrecondition while it has children.
+    fn remove(&self, ctx: &RequestContext, snapshotter: &str, key: &str) -> Result<()>;
+
+    /// The namespace's snapshots matching `filters`.
+    fn list(&self, ctx: &RequestContext, snapshotter: &str, filters: &Filters)
+    -> Result<Vec<Info>>;
+
+    /// Removes what the snapshotter holds that no namespace's snapshot owns (what a crash left
+    /// half-made), then runs the backend's own [`Snapshotter::cleanup`].
+    fn cleanup(&self, ctx: &RequestContext, snapshotter: &str) -> Result<()>;
 }
 
 #[cfg(test)]

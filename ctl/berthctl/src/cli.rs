@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::Format;
 use crate::parse;
 
-/// Talk to berthd: namespaces, content, leases, garbage collection.
+/// Talk to berthd: namespaces, content, snapshots, leases, garbage collection.
 #[derive(Debug, Parser)]
 #[command(name = "berthctl", version, about)]
 pub struct Cli {
@@ -66,6 +66,9 @@ pub enum Command {
     /// Manage leases.
     #[command(subcommand, visible_alias = "leases")]
     Lease(LeaseCommand),
+    /// Manage snapshots of one snapshotter.
+    #[command(visible_alias = "snapshots")]
+    Snapshot(SnapshotArgs),
     /// Run garbage collection now and print what it removed.
     Gc,
 }
@@ -195,6 +198,104 @@ pub enum LeaseCommand {
     },
 }
 
+/// `berthctl snapshot [--snapshotter NAME] …`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The snapshotter to act on.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_SNAPSHOTTER",
+        default_value = berth_client::DEFAULT_SNAPSHOTTER
+    )]
+    pub snapshotter: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+/// `berthctl snapshot …`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots, optionally matching filters (e.g. kind==committed, parent==x).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// containerd filters; a snapshot matching any is listed.
+        filters: Vec<String>,
+    },
+    /// Create a writable snapshot on a committed parent (none: empty).
+    Prepare {
+        /// The new snapshot's key.
+        key: String,
+        /// The committed parent.
+        parent: Option<String>,
+        /// Its labels.
+        #[command(flatten)]
+        labels: LabelFlags,
+        /// Print the `mount` command that mounts it here.
+        #[arg(long, short = 't')]
+        target: Option<String>,
+    },
+    /// Create a read-only snapshot of a committed parent (none: empty).
+    View {
+        /// The new snapshot's key.
+        key: String,
+        /// The committed parent.
+        parent: Option<String>,
+        /// Its labels.
+        #[command(flatten)]
+        labels: LabelFlags,
+        /// Print the `mount` command that mounts it here.
+        #[arg(long, short = 't')]
+        target: Option<String>,
+    },
+    /// Commit an active snapshot under a name.
+    Commit {
+        /// The committed snapshot's name.
+        name: String,
+        /// The active snapshot's key.
+        key: String,
+        /// Labels of the committed snapshot.
+        #[command(flatten)]
+        labels: LabelFlags,
+    },
+    /// Remove snapshots (children first).
+    #[command(visible_alias = "remove", visible_alias = "delete")]
+    Rm {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Print the `mount` commands that mount a snapshot on a target.
+    Mounts {
+        /// Where it would be mounted.
+        target: String,
+        /// The snapshot's key.
+        key: String,
+    },
+    /// Show how much disk snapshots take (all when none are named).
+    Usage {
+        /// The keys.
+        keys: Vec<String>,
+    },
+    /// Show one snapshot.
+    Info {
+        /// The key or name.
+        key: String,
+    },
+    /// Show snapshots as a tree of parents and children.
+    Tree,
+    /// Set labels on a snapshot (key= removes one).
+    Label {
+        /// The key or name.
+        key: String,
+        /// key=value pairs.
+        #[arg(required = true, value_parser = parse::label)]
+        labels: Vec<(String, String)>,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +418,63 @@ mod tests {
         }
         assert!(parse(&["content", "ingest", "r", "--expected-size", "x"]).is_err());
         assert!(parse(&["content", "rm"]).is_err());
+    }
+
+    #[test]
+    fn snapshot_commands() {
+        let snapshotter = |cli: &Cli| match &cli.command {
+            Command::Snapshot(args) => args.snapshotter.clone(),
+            other => panic!("{other:?}"),
+        };
+        if std::env::var_os("BERTH_SNAPSHOTTER").is_none() {
+            assert_eq!(
+                snapshotter(&parse(&["snapshot", "ls"]).unwrap()),
+                "overlayfs"
+            );
+        }
+        // The snapshotter may come before or after the subcommand.
+        let cli = parse(&["snapshots", "--snapshotter", "native", "tree"]).unwrap();
+        assert_eq!(snapshotter(&cli), "native");
+        let cli = parse(&["snapshot", "ls", "--snapshotter", "native", "kind==view"]).unwrap();
+        assert_eq!(snapshotter(&cli), "native");
+        match parse(&[
+            "snapshot", "prepare", "k", "p", "-l", "a=b", "--target", "/mnt",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Snapshot(SnapshotArgs {
+                command:
+                    SnapshotCommand::Prepare {
+                        key,
+                        parent,
+                        labels,
+                        target,
+                    },
+                ..
+            }) => {
+                assert_eq!((key.as_str(), parent.as_deref()), ("k", Some("p")));
+                assert_eq!(labels.labels, vec![("a".into(), "b".into())]);
+                assert_eq!(target.as_deref(), Some("/mnt"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["snapshot", "commit", "name", "key"])
+            .unwrap()
+            .command
+        {
+            Command::Snapshot(SnapshotArgs {
+                command: SnapshotCommand::Commit { name, key, .. },
+                ..
+            }) => assert_eq!((name.as_str(), key.as_str()), ("name", "key")),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["snapshot", "rm"]).is_err(), "rm needs a key");
+        assert!(
+            parse(&["snapshot", "mounts", "/mnt"]).is_err(),
+            "mounts needs a key"
+        );
+        assert!(parse(&["snapshot", "label", "k"]).is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   timeout every request carries. Cloning is cheap; [`Client::with_namespace`],
 //!   [`Client::with_lease`] and [`Client::with_timeout`] return adjusted clones.
 //! - Typed helpers, all returning [`berth_core::Result`]: [`Client::content`] ([`content`]),
-//!   [`Client::namespaces`] ([`namespaces`]), [`Client::leases`] ([`leases`]), and
+//!   [`Client::namespaces`] ([`namespaces`]), [`Client::leases`] ([`leases`]),
+//!   [`Client::snapshots`] ([`snapshots`]), and
 //!   [`Client::version`], [`Client::server_uuid`], [`Client::plugins`], [`Client::gc`]
 //!   ([`system`]).
 //! - [`Client::rpc`]: the generated tonic clients with the headers and message limits already
@@ -27,6 +28,7 @@ pub mod convert;
 pub mod error;
 pub mod leases;
 pub mod namespaces;
+pub mod snapshots;
 pub mod system;
 
 pub use client::{Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, Headers, Rpc, Transport};
@@ -34,6 +36,7 @@ pub use content::{Content, IngestSource, Seekable, Unseekable};
 pub use error::from_status;
 pub use leases::{LeaseOptions, Leases, expiry_value, generate_lease_id};
 pub use namespaces::Namespaces;
+pub use snapshots::{DEFAULT_SNAPSHOTTER, Snapshots};
 pub use system::{PluginInfo, ServerVersion};
 
 /// The socket berthd listens on unless configured otherwise.

@@ -42,6 +42,13 @@ impl Daemon {
                 debounce: Duration::from_millis(config.gc.debounce_ms),
             },
         )?;
+        let overlay = berth_snapshot_overlay::OverlaySnapshotter::open(
+            config.root.join(plugins::OVERLAYFS_ROOT),
+        )?;
+        metadata.add_snapshotter("overlayfs", Arc::new(overlay))?;
+        let native =
+            berth_snapshot_native::NativeSnapshotter::open(config.root.join(plugins::NATIVE_ROOT))?;
+        metadata.add_snapshotter("native", Arc::new(native))?;
         let server = Arc::new(ServerInfo {
             uuid: server_uuid(&config.root)?,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -52,6 +59,7 @@ impl Daemon {
             content: metadata.clone(),
             namespaces: metadata.clone(),
             leases: metadata.clone(),
+            snapshots: metadata.clone(),
             gc: metadata,
             server,
         };
@@ -99,10 +107,24 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .map_err(|e| Error::io(format!("removing stale socket {}", path.display()), e))?;
     }
-    let listener = UnixListener::bind(path)
+    // Bind under a temporary name and rename into place once the mode is set, so no client can
+    // ever connect through a socket with the wrong permissions.
+    let staging = path.with_file_name(format!(
+        ".{}.{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)
         .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io(format!("setting mode of {}", path.display()), e))?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&staging, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&staging);
+            Error::io(format!("setting mode of {}", path.display()), e)
+        })?;
     Ok(listener)
 }
 

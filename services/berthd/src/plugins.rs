@@ -9,6 +9,11 @@ use crate::Config;
 
 const NOT_YET: &str = "not implemented in this version of berthd";
 
+/// The overlayfs snapshotter's root under the daemon's root, named as containerd names it.
+pub const OVERLAYFS_ROOT: &str = "io.containerd.snapshotter.v1.overlayfs";
+/// The native snapshotter's root under the daemon's root.
+pub const NATIVE_ROOT: &str = "io.containerd.snapshotter.v1.native";
+
 fn entry(kind: &str, id: &str, requires: &[&str]) -> PluginEntry {
     PluginEntry {
         kind: kind.to_owned(),
@@ -28,12 +33,20 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
         "root".to_owned(),
         config.root.join("content").display().to_string(),
     );
-    let mut table = vec![
-        content,
+    let mut table = vec![content];
+    for (id, dir) in [("overlayfs", OVERLAYFS_ROOT), ("native", NATIVE_ROOT)] {
+        let mut e = entry("io.containerd.snapshotter.v1", id, &[]);
+        e.exports.insert(
+            "root".to_owned(),
+            config.root.join(dir).display().to_string(),
+        );
+        table.push(e);
+    }
+    table.extend([
         entry(
             "io.containerd.metadata.v1",
             "redb",
-            &["io.containerd.content.v1"],
+            &["io.containerd.content.v1", "io.containerd.snapshotter.v1"],
         ),
         entry(
             "io.containerd.gc.v1",
@@ -45,11 +58,12 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
             "manager",
             &["io.containerd.metadata.v1"],
         ),
-    ];
+    ]);
     for id in [
         "content",
         "namespaces",
         "leases",
+        "snapshots",
         "introspection",
         "version",
         "healthcheck",
@@ -58,11 +72,8 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
     }
     table.push(entry("io.berth.grpc.v1", "admin", &["io.containerd.gc.v1"]));
     for (kind, id) in [
-        ("io.containerd.snapshotter.v1", "overlayfs"),
-        ("io.containerd.snapshotter.v1", "native"),
         ("io.containerd.differ.v1", "walking"),
         ("io.containerd.runtime.v2", "task"),
-        ("io.containerd.grpc.v1", "snapshots"),
         ("io.containerd.grpc.v1", "images"),
         ("io.containerd.grpc.v1", "containers"),
         ("io.containerd.grpc.v1", "tasks"),

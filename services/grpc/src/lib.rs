@@ -17,6 +17,7 @@ pub mod introspection;
 pub mod layers;
 pub mod leases;
 pub mod namespaces;
+pub mod snapshots;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use berth_core::content::ContentStore;
 use berth_core::gc::GarbageCollector;
 use berth_core::leases::LeaseManager;
 use berth_core::namespaces::NamespaceStore;
+use berth_core::snapshots::SnapshotStore;
 
 pub use introspection::{PluginEntry, ServerInfo};
 
@@ -36,6 +38,8 @@ pub struct Services {
     pub namespaces: Arc<dyn NamespaceStore>,
     /// Leases.
     pub leases: Arc<dyn LeaseManager>,
+    /// The namespaced view of every snapshotter.
+    pub snapshots: Arc<dyn SnapshotStore>,
     /// Garbage collection.
     pub gc: Arc<dyn GarbageCollector>,
     /// What introspection and version report.
@@ -43,7 +47,7 @@ pub struct Services {
 }
 
 /// Adds every implemented service to a tonic router builder. Services whose issues have not
-/// landed yet (snapshots, images, containers, tasks, diff, events) are not routed, so tonic answers
+/// landed yet (images, containers, tasks, diff, events) are not routed, so tonic answers
 /// `Unimplemented` for them, which is what containerd's clients expect of a missing service.
 pub fn routes(services: &Services) -> tonic::service::Routes {
     use berth_proto::berth::services::admin::v1::admin_server::AdminServer;
@@ -51,6 +55,7 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
     use berth_proto::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
     use berth_proto::containerd::services::leases::v1::leases_server::LeasesServer;
     use berth_proto::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
+    use berth_proto::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
     use berth_proto::containerd::services::version::v1::version_server::VersionServer;
     use berth_proto::grpc::health::v1::health_server::HealthServer;
 
@@ -68,6 +73,11 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
         .add_service(LeasesServer::new(leases::LeasesService::new(
             services.leases.clone(),
         )))
+        .add_service(
+            SnapshotsServer::new(snapshots::SnapshotsService::new(services.snapshots.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .add_service(IntrospectionServer::new(
             introspection::IntrospectionService::new(services.server.clone()),
         ))

@@ -2,28 +2,33 @@
 //! background collector.
 //!
 //! Roots: every lease that has not expired (label `containerd.io/gc.expire`, RFC 3339, in the
-//! past means expired) with all its resources; every content record labelled
-//! `containerd.io/gc.root`; whatever the registered [`RootSource`]s name. Edges: a content
-//! record's `containerd.io/gc.ref.content*` labels name other content of the same namespace.
+//! past means expired) with all its resources; every content record and snapshot labelled
+//! `containerd.io/gc.root`; whatever the registered [`RootSource`]s name. Edges, all within one
+//! namespace: `containerd.io/gc.ref.content*` labels (on content or snapshots) name content;
+//! `containerd.io/gc.ref.snapshot.<snapshotter>[/…]` labels name that snapshotter's snapshot by
+//! key; a snapshot references its parent. Snapshots that a lease labelled `containerd.io/gc.flat`
+//! holds keep their parents but their labels are not followed.
 //!
-//! Sweep: unreached content records go; then every blob no namespace records leaves the raw
-//! store; then every ingest whose namespace ref no live lease holds (and no writer has open);
-//! and expired leases themselves.
+//! Sweep: unreached content and snapshot records go; then every blob no namespace records leaves
+//! the raw store; then every ingest whose namespace ref no live lease holds (and no writer has
+//! open); expired leases themselves; and last every backend snapshot no namespace records,
+//! children first, followed by the backend's own cleanup.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use berth_core::gc::{GarbageCollector, GcStats, ROOT_LABEL};
+use berth_core::gc::{GarbageCollector, GcStats, REF_SNAPSHOT_PREFIX, ROOT_LABEL};
 use berth_core::labels::Labels;
-use berth_core::leases::EXPIRE_LABEL;
+use berth_core::leases::{EXPIRE_LABEL, FLAT_LABEL};
 use berth_core::{Digest, ErrorKind, Namespace, Result};
 use chrono::{DateTime, Utc};
 use redb::ReadableTable;
 
 use crate::content::CONTENT_KIND;
-use crate::leases::{INGESTS_KIND, remove_resources};
+use crate::leases::{INGESTS_KIND, SNAPSHOTS_KIND_PREFIX, remove_resources};
+use crate::snapshots::{SNAPSHOT_CHILDREN, SNAPSHOTS, SnapshotRecord};
 use crate::store::{
     CONTENT, ContentRecord, DbResultExt, LEASE_RESOURCES, LEASES, LeaseRecord, key, scan_all,
 };
@@ -41,11 +46,77 @@ struct Marked {
     live_ingests: HashSet<String>,
 }
 
-/// One namespace's content records and roots.
+/// A node of one namespace's reference graph.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Node {
+    Content(Digest),
+    /// A snapshot: (snapshotter, key).
+    Snapshot(String, String),
+}
+
+/// One namespace's content and snapshot records and its roots; a root's flag says whether its
+/// label references are followed (not for snapshots of a flat lease).
 #[derive(Default)]
-struct NsContent {
+struct NsGraph {
     records: HashMap<Digest, Labels>,
-    roots: Vec<Digest>,
+    snapshots: HashMap<(String, String), SnapshotRecord>,
+    roots: Vec<(Node, bool)>,
+}
+
+/// The snapshots `labels` reference: `containerd.io/gc.ref.snapshot.<snapshotter>[/…]=<key>`.
+fn snapshot_refs(labels: &Labels) -> impl Iterator<Item = (String, String)> + '_ {
+    labels.iter().filter_map(|(k, v)| {
+        let rest = k.strip_prefix(REF_SNAPSHOT_PREFIX)?;
+        let snapshotter = rest.split('/').next()?;
+        (!snapshotter.is_empty() && !v.is_empty()).then(|| (snapshotter.to_owned(), v.clone()))
+    })
+}
+
+/// The nodes `labels` reference.
+fn label_refs(labels: &Labels) -> impl Iterator<Item = (Node, bool)> + '_ {
+    content_refs(labels)
+        .map(|d| (Node::Content(d), true))
+        .chain(snapshot_refs(labels).map(|(s, k)| (Node::Snapshot(s, k), true)))
+}
+
+impl NsGraph {
+    /// Marks everything reachable from the roots: the content digests and, per snapshot, whether
+    /// its labels were followed.
+    fn mark(&mut self) -> (HashSet<Digest>, HashMap<(String, String), bool>) {
+        let mut content = HashSet::new();
+        let mut snapshots: HashMap<(String, String), bool> = HashMap::new();
+        let mut pending = std::mem::take(&mut self.roots);
+        while let Some((node, follow)) = pending.pop() {
+            match node {
+                Node::Content(digest) => {
+                    if let Some(labels) = self.records.get(&digest)
+                        && content.insert(digest)
+                    {
+                        pending.extend(label_refs(labels));
+                    }
+                }
+                Node::Snapshot(snapshotter, key) => {
+                    let id = (snapshotter, key);
+                    let Some(record) = self.snapshots.get(&id) else {
+                        continue;
+                    };
+                    match snapshots.get(&id) {
+                        Some(true) => continue,
+                        Some(false) if !follow => continue,
+                        _ => {}
+                    }
+                    if let Some(parent) = &record.parent {
+                        pending.push((Node::Snapshot(id.0.clone(), parent.clone()), follow));
+                    }
+                    if follow {
+                        pending.extend(label_refs(&record.labels));
+                    }
+                    snapshots.insert(id, follow);
+                }
+            }
+        }
+        (content, snapshots)
+    }
 }
 
 /// Whether a lease's `containerd.io/gc.expire` label lies before `now`.
@@ -72,7 +143,7 @@ impl Metadata {
             .unwrap_or_else(PoisonError::into_inner);
         let now = Utc::now();
         self.write(|txn| {
-            let mut by_ns: BTreeMap<String, NsContent> = BTreeMap::new();
+            let mut by_ns: BTreeMap<String, NsGraph> = BTreeMap::new();
             let mut content = txn.open_table(CONTENT).db("open table content")?;
             for (k, record) in scan_all::<_, ContentRecord>(&content, "content")? {
                 let parsed = k
@@ -89,7 +160,27 @@ impl Metadata {
                     .insert(digest, record.labels);
             }
 
-            let mut live = HashSet::new();
+            let mut snapshots = txn.open_table(SNAPSHOTS).db("open table snapshots")?;
+            let mut children = txn
+                .open_table(SNAPSHOT_CHILDREN)
+                .db("open table snapshot_children")?;
+            for (k, record) in scan_all::<_, SnapshotRecord>(&snapshots, "snapshot")? {
+                let mut parts = k.splitn(3, '\0');
+                let (Some(ns), Some(snapshotter), Some(name)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    tracing::warn!(key = %k, "metadata: skipping malformed snapshot record");
+                    continue;
+                };
+                by_ns
+                    .entry(ns.to_owned())
+                    .or_default()
+                    .snapshots
+                    .insert((snapshotter.to_owned(), name.to_owned()), record);
+            }
+
+            // Live leases, with whether they are flat.
+            let mut live = HashMap::new();
             let mut expired = Vec::new();
             {
                 let leases = txn.open_table(LEASES).db("open table leases")?;
@@ -100,7 +191,8 @@ impl Metadata {
                     if is_expired(id, &record.labels, now) {
                         expired.push((ns.to_owned(), id.to_owned()));
                     } else {
-                        live.insert((ns.to_owned(), id.to_owned()));
+                        let flat = record.labels.contains_key(FLAT_LABEL);
+                        live.insert((ns.to_owned(), id.to_owned()), flat);
                     }
                 }
             }
@@ -118,19 +210,32 @@ impl Metadata {
                     else {
                         continue;
                     };
-                    if !live.contains(&(ns.to_owned(), lease.to_owned())) {
+                    let Some(&flat) = live.get(&(ns.to_owned(), lease.to_owned())) else {
                         continue;
-                    }
+                    };
                     match kind {
                         CONTENT_KIND => {
                             if let Ok(digest) = Digest::parse(id) {
-                                by_ns.entry(ns.to_owned()).or_default().roots.push(digest);
+                                by_ns
+                                    .entry(ns.to_owned())
+                                    .or_default()
+                                    .roots
+                                    .push((Node::Content(digest), true));
                             }
                         }
                         INGESTS_KIND => {
                             live_ingests.insert(format!("{ns}/{id}"));
                         }
-                        _ => {}
+                        _ => {
+                            if let Some(snapshotter) = kind.strip_prefix(SNAPSHOTS_KIND_PREFIX) {
+                                let node = Node::Snapshot(snapshotter.to_owned(), id.to_owned());
+                                by_ns
+                                    .entry(ns.to_owned())
+                                    .or_default()
+                                    .roots
+                                    .push((node, !flat));
+                            }
+                        }
                     }
                 }
             }
@@ -139,7 +244,13 @@ impl Metadata {
             for (ns, state) in &mut by_ns {
                 for (digest, labels) in &state.records {
                     if labels.contains_key(ROOT_LABEL) {
-                        state.roots.push(digest.clone());
+                        state.roots.push((Node::Content(digest.clone()), true));
+                    }
+                }
+                for ((snapshotter, name), record) in &state.snapshots {
+                    if record.labels.contains_key(ROOT_LABEL) {
+                        let node = Node::Snapshot(snapshotter.clone(), name.clone());
+                        state.roots.push((node, true));
                     }
                 }
                 if !state.records.is_empty() && !sources.is_empty() {
@@ -148,17 +259,25 @@ impl Metadata {
                         let roots = source(&namespace).map_err(|e| {
                             e.context(format!("gc: root source for namespace {ns}"))
                         })?;
-                        state.roots.extend(roots);
+                        state
+                            .roots
+                            .extend(roots.into_iter().map(|d| (Node::Content(d), true)));
                     }
                 }
-                let mut reached = HashSet::new();
-                let mut pending = std::mem::take(&mut state.roots);
-                while let Some(digest) = pending.pop() {
-                    if let Some(labels) = state.records.get(&digest)
-                        && reached.insert(digest)
-                    {
-                        pending.extend(content_refs(labels));
+                let (reached, reached_snapshots) = state.mark();
+                for ((snapshotter, name), record) in &state.snapshots {
+                    if reached_snapshots.contains_key(&(snapshotter.clone(), name.clone())) {
+                        continue;
                     }
+                    snapshots
+                        .remove(key(&[ns, snapshotter, name]).as_str())
+                        .db(format!("gc: remove snapshot {name:?} in namespace {ns}"))?;
+                    if let Some(parent) = &record.parent {
+                        children
+                            .remove(key(&[ns, snapshotter, parent, name]).as_str())
+                            .db(format!("gc: drop snapshot child {name:?} in namespace {ns}"))?;
+                    }
+                    tracing::debug!(namespace = %ns, snapshotter, snapshot = %name, "gc: removed snapshot record");
                 }
                 for digest in state.records.keys() {
                     if reached.contains(digest) {
@@ -173,6 +292,8 @@ impl Metadata {
                 }
             }
             drop(content);
+            drop(snapshots);
+            drop(children);
 
             {
                 let mut leases = txn.open_table(LEASES).db("open table leases")?;
@@ -207,6 +328,33 @@ impl Metadata {
             }
         }
         Ok(())
+    }
+
+    /// Removes from every backend the snapshots no namespace records (what was just swept, and
+    /// what a crash left), then runs the backend's cleanup. Tries every backend and returns the
+    /// number removed, or the first failure.
+    fn sweep_snapshots(&self) -> Result<u64> {
+        let mut removed = 0;
+        let mut first_error = None;
+        for (name, backend) in self.backends() {
+            let swept = self
+                .recorded_backend_keys(&name)
+                .and_then(|recorded| Self::sweep_backend(&name, &*backend, &recorded))
+                .and_then(|n| {
+                    backend
+                        .cleanup()
+                        .map(|()| n)
+                        .map_err(|e| e.context(format!("gc: clean up snapshotter {name}")))
+                });
+            match swept {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    tracing::warn!(snapshotter = %name, error = %e, "gc: sweeping snapshots");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(removed), Err)
     }
 
     /// Aborts every namespaced ingest that no live lease holds and no writer has open.
@@ -249,12 +397,14 @@ impl GarbageCollector for Metadata {
         let marked = self.mark_and_sweep_records(&mut stats)?;
         self.sweep_blobs(&marked, &mut stats)?;
         self.sweep_ingests(&marked, &mut stats)?;
+        let snapshots = self.sweep_snapshots()?;
         stats.duration = started.elapsed();
         tracing::debug!(
             records = stats.records_removed,
             blobs = stats.blobs_removed,
             bytes = stats.bytes_removed,
             ingests = stats.ingests_removed,
+            snapshots,
             duration = ?stats.duration,
             "gc: collection done"
         );

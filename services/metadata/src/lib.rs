@@ -3,13 +3,15 @@
 //! [`Metadata`] is the one object: it implements berth-core's
 //! [`NamespaceStore`](berth_core::namespaces::NamespaceStore),
 //! [`ContentStore`](berth_core::content::ContentStore) (the namespaced view over a raw
-//! [`BlobStore`]), [`LeaseManager`](berth_core::leases::LeaseManager) and
+//! [`BlobStore`]), [`SnapshotStore`](berth_core::snapshots::SnapshotStore) (the namespaced view
+//! over the snapshotters registered with [`Metadata::add_snapshotter`]),
+//! [`LeaseManager`](berth_core::leases::LeaseManager) and
 //! [`GarbageCollector`](berth_core::gc::GarbageCollector). Nothing outside this crate knows the
 //! database is redb.
 //!
 //! Layout of the crate:
 //! - `store`: table definitions, key and value encoding, transaction helpers.
-//! - `namespaces`, `content`, `leases`: one trait implementation each.
+//! - `namespaces`, `content`, `snapshots`, `leases`: one trait implementation each.
 //! - `gc`: mark and sweep, the debounced background collector and [`RootSource`] hooks.
 //!
 //! # Database layout
@@ -21,29 +23,35 @@
 //!
 //! | table             | key                                   | value                               |
 //! |-------------------|---------------------------------------|-------------------------------------|
-//! | `meta`            | `"schema"`                            | `u64` schema version (1)            |
+//! | `meta`            | `"schema"`, `"snapshot_seq"`          | `u64` schema version (1), counter   |
 //! | `namespaces`      | `<ns>`                                | `{labels}`                          |
 //! | `content`         | `<ns>\0<digest>`                      | `{created_at, updated_at, labels}`  |
 //! | `leases`          | `<ns>\0<lease id>`                    | `{created_at, labels}`              |
 //! | `lease_resources` | `<ns>\0<lease id>\0<kind>\0<id>`      | `()`                                |
+//! | `snapshots`       | `<ns>\0<snapshotter>\0<key>`          | `{backend_key, kind, parent, …}`    |
+//! | `snapshot_children` | `<ns>\0<snapshotter>\0<parent>\0<child>` | `()`                         |
 //!
 //! Ingests are not in the database: the raw store's ingest `"<ns>/<ref>"` is namespace `ns`'s
-//! ingest `ref`, so the raw store stays the single truth about what is being written.
+//! ingest `ref`, so the raw store stays the single truth about what is being written. A
+//! namespace's snapshot `key` is the backend's snapshot `<ns>/<seq>/<key>` (see `snapshots`).
 //!
 //! # Concurrency
 //!
 //! redb serialises write transactions and gives readers snapshots. On top of that one
 //! [`std::sync::RwLock`] keeps commits and GC sweeps apart: a content commit (raw commit plus record
-//! insert) and opening a writer hold it shared, a collection holds it exclusively, so a sweep never
-//! deletes a blob that a commit is about to record, nor an ingest that is being opened.
+//! insert), opening a writer and every snapshot change hold it shared, a collection (and a
+//! snapshot cleanup) holds it exclusively, so a sweep never deletes a blob that a commit is about
+//! to record, an ingest that is being opened, nor a backend snapshot whose record is not yet
+//! committed.
 
 mod content;
 mod gc;
 mod leases;
 mod namespaces;
+mod snapshots;
 mod store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -51,6 +59,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use berth_core::content::BlobStore;
+use berth_core::snapshots::Snapshotter;
 use berth_core::{Digest, Error, Namespace, Result};
 
 pub use gc::RootSource;
@@ -82,6 +91,8 @@ pub struct Metadata {
     /// Raw ingest refs with an open writer: the sweep never aborts these.
     active_ingests: Mutex<HashMap<String, usize>>,
     root_sources: RwLock<Vec<RootSource>>,
+    /// The snapshotter backends by name (see [`Metadata::add_snapshotter`]).
+    snapshotters: RwLock<BTreeMap<String, Arc<dyn Snapshotter>>>,
     /// Wakes the background collector; dropped (taken) on drop to stop it.
     gc_tx: Option<Sender<()>>,
     gc_thread: Mutex<Option<JoinHandle<()>>>,
@@ -98,6 +109,7 @@ impl Metadata {
     /// background collector, which stops when the last `Arc` is dropped.
     pub fn open(path: &Path, blobs: Arc<dyn BlobStore>, options: GcOptions) -> Result<Arc<Self>> {
         let db = store::open_database(path)?;
+        snapshots::create_tables(&db)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let md = Arc::new_cyclic(|this| Metadata {
             this: this.clone(),
@@ -106,6 +118,7 @@ impl Metadata {
             gc_lock: RwLock::new(()),
             active_ingests: Mutex::new(HashMap::new()),
             root_sources: RwLock::new(Vec::new()),
+            snapshotters: RwLock::new(BTreeMap::new()),
             gc_tx: Some(tx),
             gc_thread: Mutex::new(None),
         });

@@ -118,6 +118,12 @@ impl NamespaceStore for Metadata {
             if has_ingests {
                 still.push("ingests");
             }
+            let snapshots = txn
+                .open_table(crate::snapshots::SNAPSHOTS)
+                .db("open table snapshots")?;
+            if store::any_under(&snapshots, &[name.as_str()], "snapshots")? {
+                still.push("snapshots");
+            }
             let leases = txn.open_table(LEASES).db("open table leases")?;
             if store::any_under(&leases, &[name.as_str()], "leases")? {
                 still.push("leases");

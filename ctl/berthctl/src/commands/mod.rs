@@ -3,6 +3,7 @@
 mod content;
 mod lease;
 mod namespace;
+mod snapshot;
 mod system;
 
 use std::io::Write as _;
@@ -62,6 +63,7 @@ pub async fn run(cli: Cli) -> CmdResult {
         Command::Namespace(cmd) => namespace::run(&ctx, cmd).await,
         Command::Content(cmd) => content::run(&ctx, cmd).await,
         Command::Lease(cmd) => lease::run(&ctx, cmd).await,
+        Command::Snapshot(args) => snapshot::run(&ctx, args).await,
     }
 }
 
