@@ -23,6 +23,8 @@ pub struct GcStats {
     pub bytes_removed: u64,
     /// Ingests removed.
     pub ingests_removed: u64,
+    /// Snapshots removed from their snapshotters.
+    pub snapshots_removed: u64,
     /// How long the collection took.
     pub duration: Duration,
 }

@@ -357,7 +357,11 @@ async fn gc_removes_unheld_snapshots() {
         .await
         .unwrap();
 
-    c.gc().await.unwrap();
+    let stats = c.gc().await.unwrap();
+    assert_eq!(
+        stats.snapshots_removed, 3,
+        "loose-2, loose-1 and the unheld native one"
+    );
     assert_eq!(
         names(&overlay).await,
         ["from-ctr", "img-1", "img-2", "leased", "root-1", "root-2"]
@@ -384,7 +388,11 @@ async fn gc_removes_unheld_snapshots() {
         .update_labels(&config, &one(ROOT_LABEL, ""))
         .await
         .unwrap();
-    c.gc().await.unwrap();
+    let stats = c.gc().await.unwrap();
+    assert_eq!(
+        stats.snapshots_removed, 2,
+        "img-2 and then its parent img-1"
+    );
     assert_eq!(names(&overlay).await, ["root-1", "root-2"]);
     assert_eq!(
         c.content().info(&config).await.unwrap_err().kind(),

@@ -142,6 +142,7 @@ impl Client {
                 blobs_removed: resp.blobs_removed,
                 bytes_removed: resp.bytes_removed,
                 ingests_removed: resp.ingests_removed,
+                snapshots_removed: resp.snapshots_removed,
                 duration: convert::duration(resp.duration.as_ref()),
             })
         })

@@ -33,6 +33,7 @@ impl pb::admin_server::Admin for AdminService {
             blobs_removed: stats.blobs_removed,
             bytes_removed: stats.bytes_removed,
             ingests_removed: stats.ingests_removed,
+            snapshots_removed: stats.snapshots_removed,
             duration: prost_types::Duration::try_from(stats.duration).ok(),
         }))
     }

@@ -397,14 +397,14 @@ impl GarbageCollector for Metadata {
         let marked = self.mark_and_sweep_records(&mut stats)?;
         self.sweep_blobs(&marked, &mut stats)?;
         self.sweep_ingests(&marked, &mut stats)?;
-        let snapshots = self.sweep_snapshots()?;
+        stats.snapshots_removed = self.sweep_snapshots()?;
         stats.duration = started.elapsed();
         tracing::debug!(
             records = stats.records_removed,
             blobs = stats.blobs_removed,
             bytes = stats.bytes_removed,
             ingests = stats.ingests_removed,
-            snapshots,
+            snapshots = stats.snapshots_removed,
             duration = ?stats.duration,
             "gc: collection done"
         );

@@ -169,6 +169,8 @@ pub struct GcOut {
     pub bytes_removed: u64,
     /// Ingests removed.
     pub ingests_removed: u64,
+    /// Snapshots removed.
+    pub snapshots_removed: u64,
     /// How long it took, in seconds.
     pub duration_seconds: f64,
     #[serde(skip)]
@@ -182,6 +184,7 @@ impl From<GcStats> for GcOut {
             blobs_removed: s.blobs_removed,
             bytes_removed: s.bytes_removed,
             ingests_removed: s.ingests_removed,
+            snapshots_removed: s.snapshots_removed,
             duration_seconds: s.duration.as_secs_f64(),
             duration: s.duration,
         }
@@ -191,12 +194,20 @@ impl From<GcStats> for GcOut {
 /// What GC removed, as a table or a JSON object.
 pub fn render_gc(format: Format, gc: &GcOut) -> String {
     output::render(format, gc, |gc| {
-        let mut t = Table::new(&["RECORDS", "BLOBS", "FREED", "INGESTS", "DURATION"]);
+        let mut t = Table::new(&[
+            "RECORDS",
+            "BLOBS",
+            "FREED",
+            "INGESTS",
+            "SNAPSHOTS",
+            "DURATION",
+        ]);
         t.row(vec![
             gc.records_removed.to_string(),
             gc.blobs_removed.to_string(),
             output::human_size(gc.bytes_removed),
             gc.ingests_removed.to_string(),
+            gc.snapshots_removed.to_string(),
             format!("{:?}", gc.duration),
         ]);
         t.render()
