@@ -297,19 +297,21 @@ mod tests {
             blobs_removed: 2,
             bytes_removed: 2048,
             ingests_removed: 1,
+            snapshots_removed: 4,
             duration: Duration::from_millis(12),
         });
         assert_eq!(
             render_gc(Format::Table, &gc),
-            "RECORDS   BLOBS   FREED     INGESTS   DURATION\n\
-             3         2       2.0 KiB   1         12ms\n"
+            "RECORDS   BLOBS   FREED     INGESTS   SNAPSHOTS   DURATION\n\
+             3         2       2.0 KiB   1         4           12ms\n"
         );
         let j: serde_json::Value = serde_json::from_str(&render_gc(Format::Json, &gc)).unwrap();
         assert_eq!(
             j,
             serde_json::json!({
                 "records_removed": 3, "blobs_removed": 2, "bytes_removed": 2048,
-                "ingests_removed": 1, "duration_seconds": 0.012,
+                "ingests_removed": 1,
+                "snapshots_removed": 4, "duration_seconds": 0.012,
             })
         );
     }
