@@ -15,6 +15,7 @@
 //! and backends implement them.
 
 pub mod content;
+pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod filters;

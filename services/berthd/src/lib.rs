@@ -55,7 +55,13 @@ impl Daemon {
             revision: env!("BERTH_REVISION").to_owned(),
             plugins: plugins::table(config),
         });
+        let tmpmounts = config.state.join("tmpmounts");
+        mkdir(&tmpmounts, 0o700)?;
+        let differ =
+            Arc::new(berth_diff::WalkingDiff::new(metadata.clone()).with_temp_dir(tmpmounts));
         let services = Services {
+            applier: differ.clone(),
+            comparer: differ,
             content: metadata.clone(),
             namespaces: metadata.clone(),
             leases: metadata.clone(),

@@ -64,6 +64,7 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
         "namespaces",
         "leases",
         "snapshots",
+        "diff",
         "introspection",
         "version",
         "healthcheck",
@@ -71,13 +72,16 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
         table.push(entry("io.containerd.grpc.v1", id, &[]));
     }
     table.push(entry("io.berth.grpc.v1", "admin", &["io.containerd.gc.v1"]));
+    table.push(entry(
+        "io.containerd.differ.v1",
+        "walking",
+        &["io.containerd.metadata.v1"],
+    ));
     for (kind, id) in [
-        ("io.containerd.differ.v1", "walking"),
         ("io.containerd.runtime.v2", "task"),
         ("io.containerd.grpc.v1", "images"),
         ("io.containerd.grpc.v1", "containers"),
         ("io.containerd.grpc.v1", "tasks"),
-        ("io.containerd.grpc.v1", "diff"),
         ("io.containerd.grpc.v1", "events"),
     ] {
         let mut e = entry(kind, id, &[]);

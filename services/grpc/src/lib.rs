@@ -11,6 +11,7 @@ pub mod admin;
 pub mod content;
 pub mod context;
 pub mod convert;
+pub mod diff;
 pub mod error;
 pub mod health;
 pub mod introspection;
@@ -22,6 +23,7 @@ pub mod snapshots;
 use std::sync::Arc;
 
 use berth_core::content::ContentStore;
+use berth_core::diff::{Applier, Comparer};
 use berth_core::gc::GarbageCollector;
 use berth_core::leases::LeaseManager;
 use berth_core::namespaces::NamespaceStore;
@@ -40,6 +42,10 @@ pub struct Services {
     pub leases: Arc<dyn LeaseManager>,
     /// The namespaced view of every snapshotter.
     pub snapshots: Arc<dyn SnapshotStore>,
+    /// Applies layers onto mounts.
+    pub applier: Arc<dyn Applier>,
+    /// Computes layers from two mounts.
+    pub comparer: Arc<dyn Comparer>,
     /// Garbage collection.
     pub gc: Arc<dyn GarbageCollector>,
     /// What introspection and version report.
@@ -47,11 +53,12 @@ pub struct Services {
 }
 
 /// Adds every implemented service to a tonic router builder. Services whose issues have not
-/// landed yet (images, containers, tasks, diff, events) are not routed, so tonic answers
+/// landed yet (images, containers, tasks, events) are not routed, so tonic answers
 /// `Unimplemented` for them, which is what containerd's clients expect of a missing service.
 pub fn routes(services: &Services) -> tonic::service::Routes {
     use berth_proto::berth::services::admin::v1::admin_server::AdminServer;
     use berth_proto::containerd::services::content::v1::content_server::ContentServer;
+    use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
     use berth_proto::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
     use berth_proto::containerd::services::leases::v1::leases_server::LeasesServer;
     use berth_proto::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
@@ -78,6 +85,10 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(DiffServer::new(diff::DiffService::new(
+            services.applier.clone(),
+            services.comparer.clone(),
+        )))
         .add_service(IntrospectionServer::new(
             introspection::IntrospectionService::new(services.server.clone()),
         ))
