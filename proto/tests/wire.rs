@@ -708,9 +708,10 @@ fn admin_garbage_collect_response() {
             seconds: 1,
             nanos: 5,
         }),
+        snapshots_removed: 6,
     };
     let want = [
-        0x08, 1, 0x10, 2, 0x18, 0xac, 0x02, 0x20, 4, 0x2a, 4, 0x08, 1, 0x10, 5,
+        0x08, 1, 0x10, 2, 0x18, 0xac, 0x02, 0x20, 4, 0x2a, 4, 0x08, 1, 0x10, 5, 0x30, 6,
     ];
     assert_wire(&msg, &want);
 }
