@@ -21,6 +21,7 @@ pub mod error;
 pub mod filters;
 pub mod gc;
 pub mod identifiers;
+pub mod images;
 pub mod labels;
 pub mod leases;
 pub mod mount;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::Format;
 use crate::parse;
 
-/// Talk to berthd: namespaces, content, snapshots, leases, garbage collection.
+/// Talk to berthd: namespaces, content, snapshots, images, leases, garbage collection.
 #[derive(Debug, Parser)]
 #[command(name = "berthctl", version, about)]
 pub struct Cli {
@@ -71,6 +71,68 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Run garbage collection now and print what it removed.
     Gc,
+    /// Manage image records.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// List images (as `image ls`).
+    Images {
+        /// containerd filters (e.g. name~=busybox, labels."k"==v); an image matching any is listed.
+        filters: Vec<String>,
+    },
+    /// Give an image more names (as `image tag`).
+    Tag(TagArgs),
+    /// Remove images (as `image rm`).
+    Rmi(RmiArgs),
+}
+
+/// `berthctl tag SOURCE TARGET...`.
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The existing image.
+    pub source: String,
+    /// The new names; an existing one is re-pointed at the source's target.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+/// `berthctl rmi NAME... [--sync]`.
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// The image names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Collect garbage before returning, so blobs only these images held are gone.
+    #[arg(long)]
+    pub sync: bool,
+}
+
+/// `berthctl image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images with their digest, size and age.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// containerd filters (e.g. name~=busybox, labels."k"==v); an image matching any is listed.
+        filters: Vec<String>,
+    },
+    /// Show an image as JSON, with its manifest and config when they are in the content store.
+    Inspect {
+        /// The image's name.
+        name: String,
+    },
+    /// Give an image more names.
+    Tag(TagArgs),
+    /// Remove images.
+    #[command(visible_alias = "remove", visible_alias = "delete")]
+    Rm(RmiArgs),
+    /// Set labels on an image (key= removes one).
+    Label {
+        /// The image's name.
+        name: String,
+        /// key=value pairs.
+        #[arg(required = true, value_parser = parse::label)]
+        labels: Vec<(String, String)>,
+    },
 }
 
 /// `key=value` labels; `key=` removes the key where labels are updated.
@@ -475,6 +537,43 @@ mod tests {
             "mounts needs a key"
         );
         assert!(parse(&["snapshot", "label", "k"]).is_err());
+    }
+
+    #[test]
+    fn image_commands() {
+        match parse(&["images", "name~=busy"]).unwrap().command {
+            Command::Images { filters } => assert_eq!(filters, vec!["name~=busy"]),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["image", "list"]).unwrap().command {
+            Command::Image(ImageCommand::Ls { filters }) => assert!(filters.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["tag", "a:1", "b:1", "c:1"]).unwrap().command {
+            Command::Tag(TagArgs { source, targets }) => {
+                assert_eq!(source, "a:1");
+                assert_eq!(targets, vec!["b:1", "c:1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["rmi", "a:1", "b:1", "--sync"]).unwrap().command {
+            Command::Rmi(RmiArgs { names, sync }) => {
+                assert_eq!(names, vec!["a:1", "b:1"]);
+                assert!(sync);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["image", "delete", "x"]).unwrap().command,
+            Command::Image(ImageCommand::Rm(RmiArgs { sync: false, .. }))
+        ));
+        assert!(matches!(
+            parse(&["image", "inspect", "x"]).unwrap().command,
+            Command::Image(ImageCommand::Inspect { .. })
+        ));
+        assert!(parse(&["tag", "only-source"]).is_err());
+        assert!(parse(&["rmi"]).is_err());
+        assert!(parse(&["image", "label", "x", "nokey"]).is_err());
     }
 
     #[test]

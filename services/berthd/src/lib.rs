@@ -66,6 +66,7 @@ impl Daemon {
             namespaces: metadata.clone(),
             leases: metadata.clone(),
             snapshots: metadata.clone(),
+            images: metadata.clone(),
             gc: metadata,
             server,
         };

@@ -64,6 +64,7 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
         "namespaces",
         "leases",
         "snapshots",
+        "images",
         "diff",
         "introspection",
         "version",
@@ -79,7 +80,6 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
     ));
     for (kind, id) in [
         ("io.containerd.runtime.v2", "task"),
-        ("io.containerd.grpc.v1", "images"),
         ("io.containerd.grpc.v1", "containers"),
         ("io.containerd.grpc.v1", "tasks"),
         ("io.containerd.grpc.v1", "events"),

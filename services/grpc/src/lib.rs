@@ -14,6 +14,7 @@ pub mod convert;
 pub mod diff;
 pub mod error;
 pub mod health;
+pub mod images;
 pub mod introspection;
 pub mod layers;
 pub mod leases;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use berth_core::content::ContentStore;
 use berth_core::diff::{Applier, Comparer};
 use berth_core::gc::GarbageCollector;
+use berth_core::images::ImageStore;
 use berth_core::leases::LeaseManager;
 use berth_core::namespaces::NamespaceStore;
 use berth_core::snapshots::SnapshotStore;
@@ -42,6 +44,8 @@ pub struct Services {
     pub leases: Arc<dyn LeaseManager>,
     /// The namespaced view of every snapshotter.
     pub snapshots: Arc<dyn SnapshotStore>,
+    /// Image records.
+    pub images: Arc<dyn ImageStore>,
     /// Applies layers onto mounts.
     pub applier: Arc<dyn Applier>,
     /// Computes layers from two mounts.
@@ -53,12 +57,13 @@ pub struct Services {
 }
 
 /// Adds every implemented service to a tonic router builder. Services whose issues have not
-/// landed yet (images, containers, tasks, events) are not routed, so tonic answers
+/// landed yet (containers, tasks, events) are not routed, so tonic answers
 /// `Unimplemented` for them, which is what containerd's clients expect of a missing service.
 pub fn routes(services: &Services) -> tonic::service::Routes {
     use berth_proto::berth::services::admin::v1::admin_server::AdminServer;
     use berth_proto::containerd::services::content::v1::content_server::ContentServer;
     use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
+    use berth_proto::containerd::services::images::v1::images_server::ImagesServer;
     use berth_proto::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
     use berth_proto::containerd::services::leases::v1::leases_server::LeasesServer;
     use berth_proto::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
@@ -82,6 +87,11 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
         )))
         .add_service(
             SnapshotsServer::new(snapshots::SnapshotsService::new(services.snapshots.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            ImagesServer::new(images::ImagesService::new(services.images.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

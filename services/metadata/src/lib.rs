@@ -5,13 +5,14 @@
 //! [`ContentStore`](berth_core::content::ContentStore) (the namespaced view over a raw
 //! [`BlobStore`]), [`SnapshotStore`](berth_core::snapshots::SnapshotStore) (the namespaced view
 //! over the snapshotters registered with [`Metadata::add_snapshotter`]),
+//! [`ImageStore`](berth_core::images::ImageStore),
 //! [`LeaseManager`](berth_core::leases::LeaseManager) and
 //! [`GarbageCollector`](berth_core::gc::GarbageCollector). Nothing outside this crate knows the
 //! database is redb.
 //!
 //! Layout of the crate:
 //! - `store`: table definitions, key and value encoding, transaction helpers.
-//! - `namespaces`, `content`, `snapshots`, `leases`: one trait implementation each.
+//! - `namespaces`, `content`, `snapshots`, `images`, `leases`: one trait implementation each.
 //! - `gc`: mark and sweep, the debounced background collector and [`RootSource`] hooks.
 //!
 //! # Database layout
@@ -30,6 +31,7 @@
 //! | `lease_resources` | `<ns>\0<lease id>\0<kind>\0<id>`      | `()`                                |
 //! | `snapshots`       | `<ns>\0<snapshotter>\0<key>`          | `{backend_key, kind, parent, …}`    |
 //! | `snapshot_children` | `<ns>\0<snapshotter>\0<parent>\0<child>` | `()`                         |
+//! | `images`          | `<ns>\0<name>`                        | `{target, created_at, updated_at, labels}` |
 //!
 //! Ingests are not in the database: the raw store's ingest `"<ns>/<ref>"` is namespace `ns`'s
 //! ingest `ref`, so the raw store stays the single truth about what is being written. A
@@ -46,6 +48,7 @@
 
 mod content;
 mod gc;
+mod images;
 mod leases;
 mod namespaces;
 mod snapshots;
@@ -110,6 +113,7 @@ impl Metadata {
     pub fn open(path: &Path, blobs: Arc<dyn BlobStore>, options: GcOptions) -> Result<Arc<Self>> {
         let db = store::open_database(path)?;
         snapshots::create_tables(&db)?;
+        images::create_tables(&db)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let md = Arc::new_cyclic(|this| Metadata {
             this: this.clone(),
@@ -136,7 +140,7 @@ impl Metadata {
 
     /// Adds a source of GC roots, consulted for every namespace holding content at each
     /// collection: the digests it returns (and everything they reference through
-    /// `containerd.io/gc.ref.content*` labels) are kept. Later subsystems (images, containers)
+    /// `containerd.io/gc.ref.content*` labels) are kept. Subsystems outside this crate
     /// register here. An error from a source aborts the collection before anything is removed.
     ///
     /// Sources run while the collector holds the database's write transaction: they may read

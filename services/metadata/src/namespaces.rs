@@ -124,6 +124,9 @@ impl NamespaceStore for Metadata {
             if store::any_under(&snapshots, &[name.as_str()], "snapshots")? {
                 still.push("snapshots");
             }
+            if crate::images::any_in(txn, name)? {
+                still.push("images");
+            }
             let leases = txn.open_table(LEASES).db("open table leases")?;
             if store::any_under(&leases, &[name.as_str()], "leases")? {
                 still.push("leases");

@@ -1,6 +1,7 @@
 //! Runs a parsed command against the daemon.
 
 mod content;
+mod image;
 mod lease;
 mod namespace;
 mod snapshot;
@@ -13,7 +14,7 @@ use berth_client::{Client, ConnectOptions};
 use berth_core::Error;
 use berth_core::labels::Labels;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ImageCommand};
 use crate::output::Format;
 use crate::{CmdResult, Failure};
 
@@ -64,6 +65,10 @@ pub async fn run(cli: Cli) -> CmdResult {
         Command::Content(cmd) => content::run(&ctx, cmd).await,
         Command::Lease(cmd) => lease::run(&ctx, cmd).await,
         Command::Snapshot(args) => snapshot::run(&ctx, args).await,
+        Command::Image(cmd) => image::run(&ctx, cmd).await,
+        Command::Images { filters } => image::run(&ctx, ImageCommand::Ls { filters }).await,
+        Command::Tag(args) => image::run(&ctx, ImageCommand::Tag(args)).await,
+        Command::Rmi(args) => image::run(&ctx, ImageCommand::Rm(args)).await,
     }
 }
 
