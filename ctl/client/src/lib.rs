@@ -6,7 +6,8 @@
 //!   [`Client::with_lease`] and [`Client::with_timeout`] return adjusted clones.
 //! - Typed helpers, all returning [`berth_core::Result`]: [`Client::content`] ([`content`]),
 //!   [`Client::namespaces`] ([`namespaces`]), [`Client::leases`] ([`leases`]),
-//!   [`Client::snapshots`] ([`snapshots`]), and
+//!   [`Client::snapshots`] ([`snapshots`]), [`Client::images`] ([`images`]),
+//!   [`Client::diff`] ([`diff`]), and
 //!   [`Client::version`], [`Client::server_uuid`], [`Client::plugins`], [`Client::gc`]
 //!   ([`system`]).
 //! - [`Client::rpc`]: the generated tonic clients with the headers and message limits already
@@ -25,7 +26,9 @@
 pub mod client;
 pub mod content;
 pub mod convert;
+pub mod diff;
 pub mod error;
+pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
@@ -33,7 +36,9 @@ pub mod system;
 
 pub use client::{Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, Headers, Rpc, Transport};
 pub use content::{Content, IngestSource, Seekable, Unseekable};
+pub use diff::Diff;
 pub use error::from_status;
+pub use images::Images;
 pub use leases::{LeaseOptions, Leases, expiry_value, generate_lease_id};
 pub use namespaces::Namespaces;
 pub use snapshots::{DEFAULT_SNAPSHOTTER, Snapshots};
