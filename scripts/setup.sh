@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything building and testing Berth needs, idempotently: Debian packages (protoc for
-# the API code generation, containerd for the `ctr` interop tests) and the Rust components.
+# the API code generation, containerd for the `ctr` interop tests; for the image tests: a static
+# busybox to build test images from, a local OCI registry, skopeo to push to it and htpasswd for
+# its auth) and the Rust components.
 set -euo pipefail
 
 want=()
 command -v protoc >/dev/null 2>&1 || want+=(protobuf-compiler)
 command -v ctr >/dev/null 2>&1 || want+=(containerd)
+# Test images copy /bin/busybox into a rootfs, so it must be the static build, not `busybox`.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || want+=(busybox-static)
+command -v docker-registry >/dev/null 2>&1 || want+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
+command -v htpasswd >/dev/null 2>&1 || want+=(apache2-utils)
 
 if ((${#want[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
@@ -15,8 +22,9 @@ if ((${#want[@]})); then
     echo "setup: installing ${want[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # The containerd package may try to start its service; there is no init system to do so
-    # here, and Berth never uses the system daemon, so a failed start is harmless.
+    # The containerd and docker-registry packages may try to start their services; there is no
+    # init system to do so here, and the tests never use the system daemons (they run their own
+    # on temporary roots and ports), so a failed start is harmless.
     apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
 fi
 
@@ -26,4 +34,4 @@ if command -v rustup >/dev/null 2>&1; then
             rustup component add "$component"
     done
 fi
-echo "setup: ok (protoc $(protoc --version | awk '{print $2}'), $(ctr --version | awk '{print $3}' | sed 's/^/ctr /'))"
+echo "setup: ok (protoc $(protoc --version | awk '{print $2}'), $(ctr --version | awk '{print $3}' | sed 's/^/ctr /'), $(skopeo --version))"

@@ -7,7 +7,10 @@
 // A harness reports failure by panicking with a message: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mounts;
+pub mod registry;
 pub mod remote;
+pub mod testimage;
 
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;

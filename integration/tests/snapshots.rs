@@ -14,81 +14,9 @@ use berth_client::LeaseOptions;
 use berth_core::ErrorKind;
 use berth_core::gc::{REF_SNAPSHOT_PREFIX, ROOT_LABEL};
 use berth_core::labels::Labels;
+use berth_integration::mounts::{Mounted, ctr_sn, mount_point, mount_with_ctr};
 use berth_integration::{CmdOutput, Daemon, bin};
 use serde_json::Value;
-use tempfile::TempDir;
-
-/// A mount point with everything mounted on it by `mount` commands; unmounted on drop, also
-/// when the test fails.
-struct Mounted {
-    mounts: usize,
-    target: PathBuf,
-    _dir: TempDir,
-}
-
-impl Mounted {
-    /// Runs each `mount …` line of `commands` (which name `target`, a directory in `dir`).
-    fn run(commands: &str, target: PathBuf, dir: TempDir) -> Self {
-        let mut m = Mounted {
-            mounts: 0,
-            target,
-            _dir: dir,
-        };
-        for line in commands.lines().filter(|l| !l.trim().is_empty()) {
-            assert!(line.starts_with("mount "), "not a mount command: {line}");
-            let out = CmdOutput::run_public(Command::new("sh").arg("-c").arg(line));
-            out.ok();
-            m.mounts += 1;
-        }
-        assert!(m.mounts > 0, "no mount commands in {commands:?}");
-        m
-    }
-
-    fn path(&self) -> &Path {
-        &self.target
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        for _ in 0..self.mounts {
-            let ok = Command::new("umount")
-                .arg(&self.target)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                // Something still holds it; detach so the tempdir can go.
-                let _ = Command::new("umount").arg("-l").arg(&self.target).status();
-            }
-        }
-    }
-}
-
-/// A fresh, empty mount point.
-fn mount_point() -> (TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("berth-mnt-")
-        .tempdir()
-        .unwrap();
-    let target = dir.path().join("m");
-    fs::create_dir(&target).unwrap();
-    (dir, target)
-}
-
-/// `ctr [global…] snapshots --snapshotter <sn> <args…>`.
-fn ctr_sn(d: &Daemon, global: &[&str], sn: &str, args: &[&str]) -> CmdOutput {
-    let mut all: Vec<&str> = global.to_vec();
-    all.extend(["snapshots", "--snapshotter", sn]);
-    all.extend(args);
-    d.ctr(&all)
-}
-
-/// Mounts snapshot `key` the way `ctr snapshots mounts` says to.
-fn mount_with_ctr(d: &Daemon, global: &[&str], sn: &str, key: &str) -> Mounted {
-    let (dir, target) = mount_point();
-    let commands = ctr_sn(d, global, sn, &["mounts", target.to_str().unwrap(), key]).ok();
-    Mounted::run(&commands, target, dir)
-}
 
 fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
