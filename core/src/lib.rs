@@ -29,6 +29,7 @@ pub mod namespaces;
 pub mod snapshots;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+pub mod transfer;
 
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result, ResultExt};
