@@ -189,8 +189,14 @@ impl ContentStore for Metadata {
         // Shared with commits: the sweep cannot abort this ingest between its open and its
         // registration as active.
         let _shared = self.gc_lock.read().unwrap_or_else(PoisonError::into_inner);
-        self.write(|txn| {
+        let held = self.write(|txn| {
             ensure_namespace(txn, ns)?;
+            if let Some(lease) = &ctx.lease {
+                require_lease(txn, ns, lease)?;
+            }
+            let mut resources = txn
+                .open_table(LEASE_RESOURCES)
+                .db("open table lease_resources")?;
             if let Some(expected) = &expected {
                 let table = txn.open_table(CONTENT).db("open table content")?;
                 if table
@@ -198,14 +204,20 @@ impl ContentStore for Metadata {
                     .db("read content")?
                     .is_some()
                 {
-                    return Err(already_exists(expected));
+                    // As containerd does, the caller's lease still takes the blob it already
+                    // has: a pull that skips it must not see GC take it before the image lands.
+                    if let Some(lease) = &ctx.lease {
+                        resources
+                            .insert(
+                                resource_key(ns, lease, CONTENT_KIND, expected.as_str()).as_str(),
+                                (),
+                            )
+                            .db(format!("add {expected} to lease {lease}"))?;
+                    }
+                    return Ok(true);
                 }
             }
             if let Some(lease) = &ctx.lease {
-                require_lease(txn, ns, lease)?;
-                let mut resources = txn
-                    .open_table(LEASE_RESOURCES)
-                    .db("open table lease_resources")?;
                 resources
                     .insert(
                         resource_key(ns, lease, INGESTS_KIND, reference).as_str(),
@@ -213,8 +225,13 @@ impl ContentStore for Metadata {
                     )
                     .db(format!("add ingest {reference:?} to lease {lease}"))?;
             }
-            Ok(())
+            Ok(false)
         })?;
+        if held {
+            if let Some(expected) = &expected {
+                return Err(already_exists(expected));
+            }
+        }
         let raw_ref = backend_ref(ns, reference);
         let inner = self
             .blobs

@@ -264,6 +264,30 @@ fn writers_attach_ingests_then_content_to_their_lease() {
 }
 
 #[test]
+fn a_writer_for_content_already_held_still_leases_it() {
+    let env = Env::new();
+    let md = &*env.md;
+    let c = ctx("default");
+    let digest = env.ingest(&c, b"already here", Labels::new());
+    LeaseManager::create(md, &c, "pull", Labels::new()).unwrap();
+    let leased = c.clone().with_lease("pull");
+    assert_kind(
+        md.writer(&leased, "layer-x", 0, Some(digest.clone())),
+        ErrorKind::AlreadyExists,
+    );
+    assert_eq!(
+        md.list_resources(&c, "pull").unwrap(),
+        vec![res("content", digest.as_str())],
+        "the lease must hold the blob the pull skipped"
+    );
+    // So a collection keeps it while the lease lives, and takes it once the lease goes.
+    md.collect().unwrap();
+    assert!(md.info(&c, &digest).is_ok());
+    LeaseManager::delete(md, &c, "pull", true).unwrap();
+    assert_kind(md.info(&c, &digest), ErrorKind::NotFound);
+}
+
+#[test]
 fn restart_keeps_everything() {
     let env = Env::new();
     let c = ctx("default");
