@@ -227,10 +227,8 @@ impl ContentStore for Metadata {
             }
             Ok(false)
         })?;
-        if held {
-            if let Some(expected) = &expected {
-                return Err(already_exists(expected));
-            }
+        if let (true, Some(expected)) = (held, &expected) {
+            return Err(already_exists(expected));
         }
         let raw_ref = backend_ref(ns, reference);
         let inner = self
