@@ -26,6 +26,7 @@ pub mod labels;
 pub mod leases;
 pub mod mount;
 pub mod namespaces;
+pub mod reference;
 pub mod snapshots;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
