@@ -231,5 +231,13 @@ pub mod berth {
                 v1 => "berth.services.admin.v1"
             }
         }
+
+        /// Transfer service.
+        pub mod transfer {
+            generated! {
+                /// `berth.services.transfer.v1`: daemon-side pull and push with streamed progress.
+                v1 => "berth.services.transfer.v1"
+            }
+        }
     }
 }

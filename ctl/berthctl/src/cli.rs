@@ -83,6 +83,26 @@ pub enum Command {
     Tag(TagArgs),
     /// Remove images (as `image rm`).
     Rmi(RmiArgs),
+    /// Pull an image from a registry into berthd, with live progress per blob.
+    Pull(crate::commands::pull::PullArgs),
+    /// Push a local image to a registry, with live progress per blob.
+    Push(crate::commands::push::PushArgs),
+    /// Store credentials for a registry; pull and push send them.
+    ///
+    /// They go to the docker-style config ($DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json, mode 0600), shared with the docker CLI. Nothing is checked with
+    /// the registry: wrong credentials show up at the next pull or push.
+    Login(crate::commands::login::LoginArgs),
+    /// Remove the stored credentials for a registry.
+    Logout {
+        /// The registry, e.g. docker.io, ghcr.io or localhost:5000.
+        host: String,
+    },
+    /// Import images from an OCI image-layout or docker-save archive (tar or tar.gz).
+    Import(crate::commands::archive::ImportArgs),
+    /// Export images as an OCI image-layout archive (`--archive-format docker`: one
+    /// `docker load` also reads).
+    Export(crate::commands::archive::ExportArgs),
 }
 
 /// `berthctl tag SOURCE TARGET...`.
@@ -133,6 +153,8 @@ pub enum ImageCommand {
         #[arg(required = true, value_parser = parse::label)]
         labels: Vec<(String, String)>,
     },
+    /// Unpack an image's layers into a snapshotter (as `ctr` does, from the client).
+    Unpack(crate::commands::archive::UnpackArgs),
 }
 
 /// `key=value` labels; `key=` removes the key where labels are updated.

@@ -7,11 +7,14 @@
 //! - Typed helpers, all returning [`berth_core::Result`]: [`Client::content`] ([`content`]),
 //!   [`Client::namespaces`] ([`namespaces`]), [`Client::leases`] ([`leases`]),
 //!   [`Client::snapshots`] ([`snapshots`]), [`Client::images`] ([`images`]),
-//!   [`Client::diff`] ([`diff`]), and
+//!   [`Client::diff`] ([`diff`]), [`Client::transfer`] ([`transfer`]: daemon-side pull and
+//!   push with streamed progress), [`Client::archive`] ([`archive`]: image import and export
+//!   as OCI-layout or docker-save tarballs), [`Client::unpack`] ([`unpack`]), and
 //!   [`Client::version`], [`Client::server_uuid`], [`Client::plugins`], [`Client::gc`]
 //!   ([`system`]).
 //! - [`Client::rpc`]: the generated tonic clients with the headers and message limits already
 //!   applied, for services or corner cases the helpers do not cover.
+//! - [`auth`]: registry credentials in a docker-style `config.json`, sent with transfers.
 //! - [`error`]: the one place a `tonic::Status` becomes a [`berth_core::Error`].
 //! - [`convert`]: wire ↔ berth-core conversions (tolerant of Go's year-1 zero timestamps).
 //!
@@ -23,6 +26,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod archive;
+pub mod auth;
 pub mod client;
 pub mod content;
 pub mod convert;
@@ -33,7 +38,10 @@ pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
 pub mod system;
+pub mod transfer;
+pub mod unpack;
 
+pub use archive::{Archive, ExportFormat, ExportOptions, ExportSummary, ImportOptions};
 pub use client::{Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, Headers, Rpc, Transport};
 pub use content::{Content, IngestSource, Seekable, Unseekable};
 pub use diff::Diff;
@@ -43,6 +51,8 @@ pub use leases::{LeaseOptions, Leases, expiry_value, generate_lease_id};
 pub use namespaces::Namespaces;
 pub use snapshots::{DEFAULT_SNAPSHOTTER, Snapshots};
 pub use system::{PluginInfo, ServerVersion};
+pub use transfer::Transfer;
+pub use unpack::{UnpackOptions, Unpacked, UnpackedLayer};
 
 /// The socket berthd listens on unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/berth/berthd.sock";

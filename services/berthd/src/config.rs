@@ -22,8 +22,18 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Registry access for pull and push.
+    pub registry: RegistryConfig,
     /// Garbage collection.
     pub gc: GcConfig,
+}
+
+/// Registry access settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Hosts (`host` or `host:port`) reached over plain HTTP.
+    pub insecure: Vec<String>,
 }
 
 /// The socket settings.

@@ -59,6 +59,17 @@ impl Daemon {
         mkdir(&tmpmounts, 0o700)?;
         let differ =
             Arc::new(berth_diff::WalkingDiff::new(metadata.clone()).with_temp_dir(tmpmounts));
+        let transfer = Arc::new(berth_distribution::RegistryTransfer::new(
+            metadata.clone(),
+            metadata.clone(),
+            metadata.clone(),
+            metadata.clone(),
+            differ.clone(),
+            berth_distribution::TransferOptions {
+                insecure_registries: config.registry.insecure.clone(),
+                ..Default::default()
+            },
+        )?);
         let services = Services {
             applier: differ.clone(),
             comparer: differ,
@@ -69,6 +80,7 @@ impl Daemon {
             images: metadata.clone(),
             gc: metadata,
             server,
+            transfer: Some(transfer),
         };
         Ok(Self {
             services,

@@ -74,6 +74,11 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
     }
     table.push(entry("io.berth.grpc.v1", "admin", &["io.containerd.gc.v1"]));
     table.push(entry(
+        "io.berth.grpc.v1",
+        "transfer",
+        &["io.containerd.metadata.v1", "io.containerd.differ.v1"],
+    ));
+    table.push(entry(
         "io.containerd.differ.v1",
         "walking",
         &["io.containerd.metadata.v1"],

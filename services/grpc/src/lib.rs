@@ -20,6 +20,7 @@ pub mod layers;
 pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
+pub mod transfer;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use berth_core::images::ImageStore;
 use berth_core::leases::LeaseManager;
 use berth_core::namespaces::NamespaceStore;
 use berth_core::snapshots::SnapshotStore;
+use berth_core::transfer::Transfer;
 
 pub use introspection::{PluginEntry, ServerInfo};
 
@@ -54,6 +56,8 @@ pub struct Services {
     pub gc: Arc<dyn GarbageCollector>,
     /// What introspection and version report.
     pub server: Arc<ServerInfo>,
+    /// Registry pull and push; the Transfer service is only routed when this is set.
+    pub transfer: Option<Arc<dyn Transfer>>,
 }
 
 /// Adds every implemented service to a tonic router builder. Services whose issues have not
@@ -61,6 +65,7 @@ pub struct Services {
 /// `Unimplemented` for them, which is what containerd's clients expect of a missing service.
 pub fn routes(services: &Services) -> tonic::service::Routes {
     use berth_proto::berth::services::admin::v1::admin_server::AdminServer;
+    use berth_proto::berth::services::transfer::v1::transfer_server::TransferServer;
     use berth_proto::containerd::services::content::v1::content_server::ContentServer;
     use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
     use berth_proto::containerd::services::images::v1::images_server::ImagesServer;
@@ -109,6 +114,13 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
         .add_service(AdminServer::new(admin::AdminService::new(
             services.gc.clone(),
         )));
+    if let Some(transfer) = &services.transfer {
+        routes = routes.add_service(
+            TransferServer::new(transfer::TransferService::new(transfer.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+    }
     routes
 }
 

@@ -268,6 +268,7 @@ pub async fn run(ctx: &Ctx, cmd: ImageCommand) -> CmdResult {
             }
             print(&render_list(ctx.format, &rows, SystemTime::now()))
         }
+        ImageCommand::Unpack(args) => super::archive::unpack(ctx, &client, args).await,
         ImageCommand::Inspect { name } => {
             let image = client.images().get(&name).await?;
             let resolved = resolve(&client, &image.target).await;

@@ -1,9 +1,13 @@
 //! Runs a parsed command against the daemon.
 
+pub(crate) mod archive;
 mod content;
 mod image;
 mod lease;
+pub(crate) mod login;
 mod namespace;
+pub(crate) mod pull;
+pub(crate) mod push;
 mod snapshot;
 mod system;
 
@@ -69,6 +73,12 @@ pub async fn run(cli: Cli) -> CmdResult {
         Command::Images { filters } => image::run(&ctx, ImageCommand::Ls { filters }).await,
         Command::Tag(args) => image::run(&ctx, ImageCommand::Tag(args)).await,
         Command::Rmi(args) => image::run(&ctx, ImageCommand::Rm(args)).await,
+        Command::Pull(args) => pull::run(&ctx, args).await,
+        Command::Push(args) => push::run(&ctx, args).await,
+        Command::Login(args) => login::login(&ctx, args),
+        Command::Logout { host } => login::logout(&ctx, &host),
+        Command::Import(args) => archive::import(&ctx, args).await,
+        Command::Export(args) => archive::export(&ctx, args).await,
     }
 }
 
