@@ -89,3 +89,81 @@ fn berthctl_pull_reports_a_missing_image_clearly() {
     let listed = d.berthctl(&["images"]).ok();
     assert!(!listed.contains("nothing"), "{listed}");
 }
+
+#[test]
+fn a_pull_cut_by_sigkill_completes_after_restart_reusing_finished_blobs() {
+    use berth_integration::testimage::big_image;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = big_image(dir.path(), 5, 100 << 20);
+    let reference = image.push(&registry, "berth/big", "v1");
+    let mut d = Daemon::start();
+    let blobs = d.root().join("content/blobs/sha256");
+    let blob_path = |digest: &berth_core::Digest| blobs.join(digest.hex());
+    let first = blob_path(&image.layers[0].0.digest);
+    let last = blob_path(&image.layers.last().unwrap().0.digest);
+
+    let mut pull = Command::new(berth_integration::bin("berthctl"))
+        .arg("--address")
+        .arg(d.socket())
+        .args(["pull", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the daemon as soon as the namespace holds the first layer (its record, not just the
+    // file: the file lands a moment before the record), while later layers are in flight.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first_digest = image.layers[0].0.digest.clone();
+    runtime.block_on(async {
+        let client = d.client("default").await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.content().info(&first_digest).await.is_err() {
+            assert!(Instant::now() < deadline, "the first layer never arrived");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    assert!(first.exists());
+    let finished_early = last.exists();
+    d.kill9();
+    let _ = pull.wait();
+    assert!(
+        !finished_early,
+        "the whole image arrived before the kill; the test image is too small to cut the pull"
+    );
+
+    d.restart();
+    let images = d.berthctl(&["images"]).ok();
+    assert!(
+        !images.contains("berth/big"),
+        "a cut pull must not leave an image:\n{images}"
+    );
+
+    let again = d.berthctl(&["pull", &reference]);
+    again.ok();
+    let progress = again.stderr();
+    let short = &image.layers[0].0.digest.hex()[..12];
+    assert!(
+        progress.contains(&format!("{short}: Already exists")),
+        "the layer finished before the kill was fetched again:\n{progress}"
+    );
+    for (layer, _, _) in &image.layers {
+        assert!(
+            blob_path(&layer.digest).exists(),
+            "{} missing",
+            layer.digest
+        );
+    }
+    let top = image.chain_ids().last().unwrap().to_string();
+    let snapshots = d.ctr(&["snapshots", "ls"]).ok();
+    assert!(
+        snapshots.contains(&top),
+        "top layer not unpacked:\n{snapshots}"
+    );
+}
