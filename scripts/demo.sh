@@ -22,18 +22,21 @@ for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { cat "$log"; echo "berthd did not start" >&2; exit 1; }
 
 run() { echo "\$ $*"; "$@"; echo; }
+# The default root persists between runs: a namespace of its own keeps each run independent.
+ns=demo-$(date +%s)
 ctl="$bin/berthctl --address $sock"
 run $ctl version
 run $ctl info
-run $ctl namespace create demo --label purpose=demo
+run $ctl namespace create "$ns" --label purpose=demo
 run $ctl namespace ls
 head -c 4M /dev/urandom >"$log.blob"
-run $ctl -n demo lease create --id demo-lease --expires-in 1h
-run $ctl -n demo content ingest demo-blob "$log.blob"
-run $ctl -n demo content ls
-run ctr --address "$sock" -n demo content ls
-run $ctl -n demo lease rm demo-lease --sync
-run $ctl -n demo content ls
-run $ctl -n demo gc
+run $ctl -n "$ns" lease create --id demo-lease --expires-in 1h
+run $ctl -n "$ns" content ingest demo-blob "$log.blob"
+run $ctl -n "$ns" content ls
+run ctr --address "$sock" -n "$ns" content ls
+run $ctl -n "$ns" lease rm demo-lease --sync
+run $ctl -n "$ns" content ls
+run $ctl -n "$ns" gc
+run $ctl namespace rm "$ns"
 run ctr --address "$sock" version
 rm -f "$log.blob"
