@@ -181,18 +181,7 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        self.store
-            .write(|tx| {
-                let usage = match tx.get(key) {
-                    Ok(e) if e.info.kind == Kind::Active => disk_usage(&self.dirs.path(e.id))?,
-                    Ok(_) => Usage::default(),
-                    Err(e) if e.is(ErrorKind::NotFound) => Usage::default(),
-                    Err(e) => return Err(e),
-                };
-                tx.commit(key, name, usage, labels)
-            })
-            .map(|_| ())
-            .map_err(|e| e.context(format!("commit snapshot {key:?} as {name:?}")))
+        berth_snapshot_storage::commit(&self.store, key, name, labels, |id| self.dirs.path(id))
     }
 
     fn remove(&self, key: &str) -> Result<()> {

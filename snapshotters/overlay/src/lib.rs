@@ -44,7 +44,7 @@ use berth_core::filters::Filters;
 use berth_core::labels::Labels;
 use berth_core::mount::{MAX_MOUNT_DATA, Mount};
 use berth_core::snapshots::{Info, Kind, Snapshotter, Usage, check_key};
-use berth_core::{Error, ErrorKind, Result};
+use berth_core::{Error, Result};
 use berth_snapshot_storage::dirs::SnapshotDirs;
 use berth_snapshot_storage::{MetaStore, Snapshot, disk_usage};
 
@@ -264,20 +264,7 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        self.store
-            .write(|tx| {
-                // Measured inside the transaction so the usage belongs to the id committed; a
-                // missing or non-active key is left for the store to report in its usual order.
-                let usage = match tx.get(key) {
-                    Ok(e) if e.info.kind == Kind::Active => disk_usage(&self.upper(e.id))?,
-                    Ok(_) => Usage::default(),
-                    Err(e) if e.is(ErrorKind::NotFound) => Usage::default(),
-                    Err(e) => return Err(e),
-                };
-                tx.commit(key, name, usage, labels)
-            })
-            .map(|_| ())
-            .map_err(|e| e.context(format!("commit snapshot {key:?} as {name:?}")))
+        berth_snapshot_storage::commit(&self.store, key, name, labels, |id| self.upper(id))
     }
 
     fn remove(&self, key: &str) -> Result<()> {

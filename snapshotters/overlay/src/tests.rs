@@ -1,4 +1,5 @@
 use super::*;
+use berth_core::ErrorKind;
 
 fn open() -> (tempfile::TempDir, OverlaySnapshotter) {
     let dir = tempfile::tempdir().unwrap();

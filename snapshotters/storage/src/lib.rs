@@ -469,6 +469,30 @@ impl WriteTx {
     }
 }
 
+/// Commits active snapshot `key` as `name`, recording the disk its own layer takes. The layer
+/// (`layer_dir(id)`) is measured inside the transaction so the usage belongs to the id
+/// committed; a missing or non-active key is left for the store to report in its usual order.
+pub fn commit(
+    store: &MetaStore,
+    key: &str,
+    name: &str,
+    labels: Labels,
+    layer_dir: impl Fn(u64) -> PathBuf,
+) -> Result<()> {
+    store
+        .write(|tx| {
+            let usage = match tx.get(key) {
+                Ok(e) if e.info.kind == Kind::Active => disk_usage(&layer_dir(e.id))?,
+                Ok(_) => Usage::default(),
+                Err(e) if e.is(berth_core::ErrorKind::NotFound) => Usage::default(),
+                Err(e) => return Err(e),
+            };
+            tx.commit(key, name, usage, labels)
+        })
+        .map(|_| ())
+        .map_err(|e| e.context(format!("commit snapshot {key:?} as {name:?}")))
+}
+
 /// Removes snapshot `key`: its record in one transaction, then its directory
 /// (`dirs.path(id)`). Once the record is gone the snapshot is gone, so files that resist
 /// deletion are logged and left as an orphan for [`cleanup`] rather than reported to a caller
