@@ -979,3 +979,42 @@ pub fn concurrent_prepares<S: Snapshotter, F: Fn(&Path) -> berth_core::Result<S>
         "temporary directories left: {leftovers:?}"
     );
 }
+
+#[doc(hidden)]
+pub use berth_core as __core;
+
+/// Generates one `#[test]` per conformance case for a snapshotter type opened by `$open`
+/// (`fn(&Path) -> Result<$snapshotter>`), plus a test that the list here matches [`cases`], so a
+/// case added to the suite cannot be silently skipped by an implementation.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($snapshotter:ty, $open:path) => {
+        $crate::conformance_tests!(@cases $snapshotter, $open;
+            layers,
+            stat_and_usage,
+            views_are_read_only,
+            errors,
+            remove_with_children,
+            labels,
+            list_filters,
+            cleanup_orphans,
+            reopen,
+            metadata_preserved,
+            deep_chain,
+            concurrent_prepares,
+        );
+    };
+    (@cases $snapshotter:ty, $open:path; $($name:ident),* $(,)?) => {
+        $(#[test] fn $name() { $crate::$name(&$open) })*
+
+        #[test]
+        fn every_case_is_listed() {
+            type Open = fn(&::std::path::Path) -> $crate::__core::Result<$snapshotter>;
+            let listed: Vec<&str> = $crate::cases::<$snapshotter, Open>()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            assert_eq!(listed, [$(stringify!($name)),*]);
+        }
+    };
+}
