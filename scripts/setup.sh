@@ -13,6 +13,12 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
 command -v docker-registry >/dev/null 2>&1 || want+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || want+=(apache2-utils)
+# The runtime conformance and differential tests run real containers under Debian's runc (the
+# reference berth-runc is compared with); bench/ times crun too. Both live in /usr/sbin or
+# /usr/bin, which a non-root PATH may lack, so ask dpkg rather than `command -v`.
+for pkg in runc crun; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || want+=("$pkg")
+done
 
 if ((${#want[@]})); then
     if [ "$(id -u)" -ne 0 ]; then

@@ -7,6 +7,7 @@
 // A harness reports failure by panicking with a message: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bundle;
 pub mod mounts;
 pub mod registry;
 pub mod remote;
