@@ -2,7 +2,7 @@
 # Installs everything building and testing Berth needs, idempotently: Debian packages (protoc for
 # the API code generation, containerd for the `ctr` interop tests; for the image tests: a static
 # busybox to build test images from, a local OCI registry, skopeo to push to it and htpasswd for
-# its auth) and the Rust components.
+# its auth; libseccomp-dev for the runtime) and the Rust components.
 set -euo pipefail
 
 want=()
@@ -13,6 +13,8 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
 command -v docker-registry >/dev/null 2>&1 || want+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || want+=(apache2-utils)
+# The runtime compiles seccomp profiles with libseccomp (linked by the libseccomp crate).
+dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q 'ok installed' || want+=(libseccomp-dev)
 # The runtime conformance and differential tests run real containers under Debian's runc (the
 # reference berth-runc is compared with); bench/ times crun too. Both live in /usr/sbin or
 # /usr/bin, which a non-root PATH may lack, so ask dpkg rather than `command -v`.
