@@ -43,7 +43,7 @@ pub enum RuntimeKind {
 /// the reference (runc) first.
 // TODO(berth-runc): once berth-runc lands, change the next line to
 // `pub const RUNTIMES: &[RuntimeKind] = &[RuntimeKind::Runc, RuntimeKind::BerthRunc];`
-pub const RUNTIMES: &[RuntimeKind] = &[RuntimeKind::Runc];
+pub const RUNTIMES: &[RuntimeKind] = &[RuntimeKind::Runc, RuntimeKind::BerthRunc];
 
 /// A fresh [`Runtime`] for each of [`RUNTIMES`], in order.
 pub fn runtimes() -> Vec<Runtime> {
@@ -108,9 +108,14 @@ pub fn probe_path() -> PathBuf {
 }
 
 fn workspace_dir() -> PathBuf {
-    // integration/ → the workspace root
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_owned()
+    // integration/ → the workspace root. `cargo test` also sets CARGO_MANIFEST_DIR at run time;
+    // prefer that, since a test binary built in another checkout sharing the target directory
+    // can be reused by cargo with a stale compile-time path.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("Cargo.toml").exists())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().map(Path::to_owned).unwrap_or(manifest)
 }
 
 fn workspace_target_dir() -> PathBuf {

@@ -1,0 +1,503 @@
+//! The staged start: parent → intermediate → init (or exec'd process).
+//!
+//! - The **parent** (the runtime's own process) places the intermediate in the container's
+//!   cgroup, writes user namespace id maps when asked, runs the runtime-namespace hooks and waits
+//!   until the child reports that it is ready.
+//! - The **intermediate** joins or creates the namespaces. A new pid namespace only applies to
+//!   children, so it forks once more and exits after reporting the child's pid.
+//! - The **init** runs [`crate::init`]'s linear sequence and execs.
+//!
+//! They talk over a `SOCK_SEQPACKET` pair with typed [`SyncMsg`]s. Forking is refused in a
+//! process with more than one thread: a child of a multi-threaded process may find a lock held
+//! forever by a thread that does not exist in it.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use berth_core::{Error, ErrorKind, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, send, socketpair};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use crate::hooks::{self, Phase};
+use crate::init::{self, Handshake, InitOptions};
+use crate::rootfs::{CgroupView, sys_err};
+use crate::spec::{IdMappings, Plan, ProcessPlan};
+use crate::syscall::{LinuxSyscall, Syscall};
+
+/// A message between the stages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum SyncMsg {
+    /// Parent → intermediate: you are in the cgroup, go on.
+    Go,
+    /// Intermediate → parent: my new user namespace needs its id maps.
+    MapIds,
+    /// Parent → intermediate: id maps written.
+    IdsMapped,
+    /// Intermediate → parent: the host pid of the process that will exec.
+    Child {
+        /// The pid.
+        pid: i32,
+    },
+    /// Parent → child: runtime hooks done; the state for the hooks the child runs.
+    Continue {
+        /// OCI state JSON.
+        state: String,
+    },
+    /// Child → parent: set up, about to wait for start (init) or exec (exec'd process).
+    Ready,
+    /// Any stage → parent: this failed.
+    Error {
+        /// The errdefs kind.
+        kind: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One end of the sync socket pair.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+impl Channel {
+    /// A connected pair, close-on-exec.
+    pub fn pair() -> Result<(Channel, Channel)> {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| sys_err("socketpair for the sync channel", e))?;
+        Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// Sends one message.
+    pub fn send(&self, msg: &SyncMsg) -> Result<()> {
+        let data = serde_json::to_vec(msg)
+            .map_err(|e| Error::internal(format!("encode sync message: {e}")))?;
+        loop {
+            match send(self.fd.as_raw_fd(), &data, MsgFlags::MSG_NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(sys_err("send on the sync channel", e)),
+            }
+        }
+    }
+
+    /// Receives one message; None when the other side has closed.
+    pub fn recv(&self) -> Result<Option<SyncMsg>> {
+        let mut buf = vec![0u8; 1 << 16];
+        let n = loop {
+            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(sys_err("receive on the sync channel", e)),
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&buf[..n])
+            .map(Some)
+            .map_err(|e| Error::internal(format!("decode sync message: {e}")))
+    }
+
+    fn expect(&self, what: &str, want: impl Fn(&SyncMsg) -> bool) -> Result<SyncMsg> {
+        match self.recv()? {
+            Some(SyncMsg::Error { kind, message }) => Err(Error::new(kind_from(&kind), message)),
+            Some(m) if want(&m) => Ok(m),
+            Some(m) => Err(Error::internal(format!(
+                "sync channel: expected {what}, got {m:?}"
+            ))),
+            None => Err(Error::internal(format!(
+                "the container's process exited before {what}"
+            ))),
+        }
+    }
+}
+
+fn kind_from(name: &str) -> ErrorKind {
+    [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::FailedPrecondition,
+        ErrorKind::Unavailable,
+        ErrorKind::NotImplemented,
+        ErrorKind::OutOfRange,
+        ErrorKind::DataLoss,
+        ErrorKind::Canceled,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Internal,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == name)
+    .unwrap_or(ErrorKind::Unknown)
+}
+
+fn error_msg(e: &Error) -> SyncMsg {
+    SyncMsg::Error {
+        kind: e.kind().as_str().to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Refuses to go on in a process with more than one thread.
+pub fn ensure_single_threaded() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("read /proc/self/status", e))?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if threads != 1 {
+        return Err(Error::failed_precondition(format!(
+            "refusing to fork from a process with {threads} threads"
+        )));
+    }
+    Ok(())
+}
+
+/// Descriptors the child keeps until exec.
+#[derive(Debug, Default)]
+pub struct ChildFds {
+    /// `O_PATH` descriptor of the exec FIFO (the container's init only).
+    pub exec_fifo: Option<OwnedFd>,
+    /// Connected console socket, when the process has a terminal.
+    pub console_socket: Option<OwnedFd>,
+    /// `--preserve-fds`: descriptors 3..3+N pass to the process.
+    pub preserve_fds: i32,
+}
+
+/// What the child becomes.
+#[derive(Debug)]
+pub enum Stage<'a> {
+    /// The container's init.
+    Init {
+        /// The validated container.
+        plan: &'a Plan,
+        /// The container's cgroup view for `cgroup` mounts.
+        cgroups: Vec<CgroupView>,
+        /// Command-line options of the init.
+        opts: InitOptions,
+    },
+    /// A process in a running container.
+    Exec {
+        /// The process.
+        process: &'a ProcessPlan,
+        /// The container init's pid, whose namespaces are joined.
+        target_pid: i32,
+        /// The namespace types to join.
+        namespaces: CloneFlags,
+    },
+}
+
+/// The parent's part during a spawn: what to do once the child's pid is known.
+pub trait Parent {
+    /// Puts the intermediate in the container's cgroup (before it does anything).
+    fn join_cgroup(&mut self, pid: i32) -> Result<()>;
+    /// The child's pid is known: run runtime hooks, return the state JSON for the child's hooks.
+    fn child_started(&mut self, pid: i32) -> Result<String>;
+}
+
+/// Forks the stages; returns the host pid of the process that will exec once it is ready.
+pub fn spawn(stage: &Stage<'_>, fds: ChildFds, parent: &mut dyn Parent) -> Result<i32> {
+    ensure_single_threaded()?;
+    let (ours, theirs) = Channel::pair()?;
+    // SAFETY: the process has one thread (checked just above), so the child is a complete copy
+    // with no lock held by a thread that does not exist in it.
+    match unsafe { nix::unistd::fork() }.map_err(|e| sys_err("fork the intermediate", e))? {
+        ForkResult::Child => {
+            drop(ours);
+            let code = match intermediate(&theirs, stage, fds) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = theirs.send(&error_msg(&e));
+                    1
+                }
+            };
+            // SAFETY: _exit ends the forked child without running the parent's atexit handlers
+            // or flushing its stdio buffers a second time.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            drop(fds);
+            let mut child_pid = None;
+            let res = parent_side(&ours, stage, child, parent, &mut child_pid);
+            if res.is_err() {
+                for pid in [Some(child.as_raw()), child_pid].into_iter().flatten() {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
+                let _ = waitpid(child, None);
+            }
+            res
+        }
+    }
+}
+
+fn parent_side(
+    ch: &Channel,
+    stage: &Stage<'_>,
+    intermediate: Pid,
+    parent: &mut dyn Parent,
+    child_pid: &mut Option<i32>,
+) -> Result<i32> {
+    parent.join_cgroup(intermediate.as_raw())?;
+    ch.send(&SyncMsg::Go)?;
+    let pid = loop {
+        match ch.recv()? {
+            Some(SyncMsg::MapIds) => {
+                if let Stage::Init { plan, .. } = stage
+                    && let Some(maps) = &plan.id_mappings
+                {
+                    write_id_maps(intermediate.as_raw(), maps)?;
+                }
+                ch.send(&SyncMsg::IdsMapped)?;
+            }
+            Some(SyncMsg::Child { pid }) => break pid,
+            Some(SyncMsg::Error { kind, message }) => {
+                return Err(Error::new(kind_from(&kind), message));
+            }
+            Some(m) => {
+                return Err(Error::internal(format!(
+                    "sync channel: unexpected {m:?} from the intermediate"
+                )));
+            }
+            None => {
+                return Err(Error::internal(
+                    "the intermediate process exited without reporting",
+                ));
+            }
+        }
+    };
+    *child_pid = Some(pid);
+    match waitpid(intermediate, None) {
+        Ok(WaitStatus::Exited(_, 0)) => {}
+        Ok(other) => {
+            return Err(Error::internal(format!(
+                "the intermediate process ended with {other:?}"
+            )));
+        }
+        Err(e) => return Err(sys_err("wait for the intermediate process", e)),
+    }
+    let state = parent.child_started(pid)?;
+    ch.send(&SyncMsg::Continue { state })?;
+    ch.expect("it was ready", |m| *m == SyncMsg::Ready)?;
+    Ok(pid)
+}
+
+fn write_id_maps(pid: i32, maps: &IdMappings) -> Result<()> {
+    for (file, map) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, IdMappings::format(map))
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+const NS_FILES: [(CloneFlags, &str); 7] = [
+    (CloneFlags::CLONE_NEWUSER, "user"),
+    (CloneFlags::CLONE_NEWIPC, "ipc"),
+    (CloneFlags::CLONE_NEWUTS, "uts"),
+    (CloneFlags::CLONE_NEWNET, "net"),
+    (CloneFlags::CLONE_NEWPID, "pid"),
+    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+    (CloneFlags::CLONE_NEWNS, "mnt"),
+];
+
+fn open_ns(path: &std::path::Path) -> Result<OwnedFd> {
+    nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| sys_err(format!("open namespace {}", path.display()), e))
+}
+
+fn intermediate(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Result<()> {
+    let sys = LinuxSyscall;
+    ch.expect("the go-ahead", |m| *m == SyncMsg::Go)?;
+    // Every namespace file is opened before the first setns: after joining a user or mount
+    // namespace the paths may no longer resolve or be permitted.
+    let mut joins: Vec<(CloneFlags, OwnedFd)> = Vec::new();
+    let mut new = CloneFlags::empty();
+    match stage {
+        Stage::Init { plan, .. } => {
+            for ns in &plan.namespaces {
+                match &ns.path {
+                    Some(p) => joins.push((ns.flag, open_ns(p)?)),
+                    None => new |= ns.flag,
+                }
+            }
+        }
+        Stage::Exec {
+            target_pid,
+            namespaces,
+            ..
+        } => {
+            for (flag, name) in NS_FILES {
+                if namespaces.contains(flag) {
+                    let p = PathBuf::from(format!("/proc/{target_pid}/ns/{name}"));
+                    joins.push((flag, open_ns(&p)?));
+                }
+            }
+        }
+    }
+    // User first (the others are owned by it), mount last (it changes what paths mean).
+    joins.sort_by_key(|(f, _)| match *f {
+        CloneFlags::CLONE_NEWUSER => 0,
+        CloneFlags::CLONE_NEWNS => 2,
+        _ => 1,
+    });
+    for (flag, fd) in &joins {
+        sys.setns(fd.as_fd(), *flag)
+            .map_err(|e| sys_err(format!("join namespace {}", ns_name(*flag)), e))?;
+    }
+    if new.contains(CloneFlags::CLONE_NEWUSER) {
+        sys.unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| sys_err("create the user namespace", e))?;
+        ch.send(&SyncMsg::MapIds)?;
+        ch.expect("the id maps", |m| *m == SyncMsg::IdsMapped)?;
+        // Become the namespace's root so the rest of setup has its full capability set
+        // regardless of which host id the creator maps to.
+        sys.setresgid(0)
+            .map_err(|e| sys_err("setresgid 0 in the user namespace", e))?;
+        sys.setresuid(0)
+            .map_err(|e| sys_err("setresuid 0 in the user namespace", e))?;
+    }
+    let rest = new - CloneFlags::CLONE_NEWUSER;
+    if !rest.is_empty() {
+        sys.unshare(rest)
+            .map_err(|e| sys_err(format!("create namespaces {rest:?}"), e))?;
+    }
+    // SAFETY: the intermediate is a fork of a single-threaded process and has no threads.
+    match unsafe { nix::unistd::fork() }.map_err(|e| sys_err("fork the container process", e))? {
+        ForkResult::Child => {
+            let err = child(ch, stage, fds);
+            // Only reached on failure: before Ready the parent reports it; after, stderr is the
+            // only place left that someone reads.
+            if let Some((e, ready)) = err {
+                if ready {
+                    eprintln!("berth-runc: {e}");
+                } else {
+                    let _ = ch.send(&error_msg(&e));
+                }
+            }
+            // SAFETY: see the intermediate's _exit.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => {
+            ch.send(&SyncMsg::Child {
+                pid: child.as_raw(),
+            })?;
+            Ok(())
+        }
+    }
+}
+
+fn ns_name(flag: CloneFlags) -> &'static str {
+    NS_FILES
+        .iter()
+        .find(|(f, _)| *f == flag)
+        .map(|(_, n)| *n)
+        .unwrap_or("?")
+}
+
+/// Runs the final stage; returns only on failure, with whether Ready was already sent.
+fn child(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Option<(Error, bool)> {
+    let state = match ch.expect("the go-ahead to set up", |m| {
+        matches!(m, SyncMsg::Continue { .. })
+    }) {
+        Ok(SyncMsg::Continue { state }) => state,
+        Ok(_) => String::new(),
+        Err(e) => return Some((e, false)),
+    };
+    let sys = LinuxSyscall;
+    let hooks = match stage {
+        Stage::Init { plan, .. } => plan.spec.hooks().clone(),
+        Stage::Exec { .. } => None,
+    };
+    let mut hs = ChildHandshake {
+        ch,
+        fds,
+        hooks,
+        state,
+        ready: false,
+    };
+    let res = match stage {
+        Stage::Init {
+            plan,
+            cgroups,
+            opts,
+        } => init::container(&sys, plan, cgroups, *opts, &mut hs),
+        Stage::Exec { process, .. } => init::exec_process(&sys, process, &mut hs),
+    };
+    match res {
+        Ok(never) => match never {},
+        Err(e) => Some((e, hs.ready)),
+    }
+}
+
+struct ChildHandshake<'a> {
+    ch: &'a Channel,
+    fds: ChildFds,
+    hooks: Option<oci_spec::runtime::Hooks>,
+    state: String,
+    ready: bool,
+}
+
+impl Handshake for ChildHandshake<'_> {
+    fn create_container_hooks(&mut self) -> Result<()> {
+        let list = Phase::CreateContainer.of(self.hooks.as_ref());
+        hooks::run(Phase::CreateContainer, &list, &self.state)
+    }
+
+    fn console(&mut self) -> Result<()> {
+        let socket = self.fds.console_socket.take().ok_or_else(|| {
+            Error::invalid_argument("process.terminal is set but there is no console socket")
+        })?;
+        let (master, slave, name) = crate::console::open_pty()?;
+        crate::console::send_fd(socket.as_fd(), master.as_fd(), &name)?;
+        drop(master);
+        crate::console::make_controlling(&slave)
+    }
+
+    fn ready(&mut self) -> Result<()> {
+        self.ch.send(&SyncMsg::Ready)?;
+        self.ready = true;
+        Ok(())
+    }
+
+    fn wait_for_start(&mut self) -> Result<()> {
+        let Some(fifo) = self.fds.exec_fifo.take() else {
+            return Ok(());
+        };
+        // Opening the FIFO for writing blocks until `start` opens it for reading.
+        let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+        let w = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| sys_err("open the exec FIFO", e))?;
+        nix::unistd::write(&w, b"0").map_err(|e| sys_err("write to the exec FIFO", e))?;
+        Ok(())
+    }
+
+    fn start_container_hooks(&mut self) -> Result<()> {
+        let list = Phase::StartContainer.of(self.hooks.as_ref());
+        hooks::run(Phase::StartContainer, &list, &self.state)
+    }
+
+    fn preserved_fds(&self) -> i32 {
+        self.fds.preserve_fds
+    }
+}

@@ -1,0 +1,493 @@
+//! The container's root filesystem: spec mounts, /dev, pivot_root, masked and read-only paths.
+//!
+//! Runs in the container's init, inside its new mount namespace, through [`Syscall`] so the whole
+//! order can be checked by unit tests. Targets inside the rootfs are always resolved in-root
+//! ([`Syscall::prepare_target`]) so a symlink in an image cannot point a mount at the host.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use berth_core::{Error, ErrorKind, Result};
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+
+use crate::spec::{DevicePlan, MountKind, MountPlan, Plan};
+use crate::syscall::{FileKind, Syscall};
+
+/// One entry of the container's view of its cgroups, for a `cgroup` spec mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupView {
+    /// The host is cgroup v2: mount a cgroup2 filesystem.
+    Unified,
+    /// Bind the container's directory `host` at `<dest>/<name>` (a v1 hierarchy), or at
+    /// `<dest>` itself when `name` is empty (v2 without a cgroup namespace).
+    Hierarchy {
+        /// Directory name under the mount point (e.g. `cpu,cpuacct`).
+        name: String,
+        /// The container's cgroup directory in that hierarchy on the host.
+        host: PathBuf,
+    },
+    /// A new v1 cgroup filesystem at `<dest>/<name>` with `options` (the subsystems, e.g.
+    /// `cpu,cpuacct` or `name=systemd`): inside a cgroup namespace it is rooted at the
+    /// container's cgroup.
+    Fresh {
+        /// Directory name under the mount point.
+        name: String,
+        /// Mount data: the hierarchy's subsystems.
+        options: String,
+    },
+    /// A symlink `<dest>/<name>` → `target` (e.g. `cpu` → `cpu,cpuacct`).
+    Link {
+        /// Link name.
+        name: String,
+        /// What it points to.
+        target: String,
+    },
+}
+
+/// Turns an errno from `step` into an error naming the step, and the kind its errno implies.
+pub(crate) fn sys_err(step: impl std::fmt::Display, errno: Errno) -> Error {
+    let kind = match errno {
+        Errno::ENOENT => ErrorKind::NotFound,
+        Errno::EPERM | Errno::EACCES => ErrorKind::PermissionDenied,
+        Errno::EINVAL => ErrorKind::InvalidArgument,
+        Errno::EEXIST => ErrorKind::AlreadyExists,
+        _ => ErrorKind::Unknown,
+    };
+    Error::new(kind, format!("{step}: {errno:?} ({})", errno.desc()))
+}
+
+fn in_root(rootfs: &Path, dest: &Path) -> PathBuf {
+    rootfs.join(dest.strip_prefix("/").unwrap_or(dest))
+}
+
+/// Mounts everything the spec asks for under the rootfs, then /dev's devices and links.
+///
+/// Before this the process must be in its own mount namespace; after it, [`pivot`] makes the
+/// rootfs `/`.
+pub fn prepare(sys: &dyn Syscall, plan: &Plan, cgroups: &[CgroupView]) -> Result<()> {
+    let rootfs = plan.rootfs.as_path();
+    let root_desc = rootfs.display();
+    // No mount made below may propagate back to the host (or, with rshared, it must: the spec
+    // decides). This is done before anything else is mounted.
+    sys.mount(None, Path::new("/"), None, plan.rootfs_propagation, None)
+        .map_err(|e| sys_err("set propagation of / in the container's mount namespace", e))?;
+    // pivot_root needs the new root to be a mount point.
+    sys.mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(|e| sys_err(format!("bind rootfs {root_desc} onto itself"), e))?;
+
+    let mut dev_is_fresh = false;
+    for m in &plan.mounts {
+        mount_one(sys, plan, m, cgroups)?;
+        if m.destination == Path::new("/dev") {
+            dev_is_fresh = m.kind != MountKind::Bind;
+        }
+    }
+    if dev_is_fresh {
+        create_devices(sys, plan)?;
+        dev_links(sys, plan)?;
+    }
+    Ok(())
+}
+
+fn mount_one(sys: &dyn Syscall, plan: &Plan, m: &MountPlan, cgroups: &[CgroupView]) -> Result<()> {
+    let rootfs = plan.rootfs.as_path();
+    let dest = m.destination.display();
+    let step = |what: &str| {
+        format!(
+            "mount {} on {dest} in rootfs {}{what}",
+            m.source
+                .as_deref()
+                .map(|s| s.display().to_string())
+                .or_else(|| m.fstype.clone())
+                .unwrap_or_default(),
+            rootfs.display()
+        )
+    };
+    match m.kind {
+        MountKind::Bind => {
+            let source = m.source.as_deref().unwrap_or(Path::new(""));
+            let kind = sys.file_kind(source).map_err(|e| {
+                sys_err(
+                    format!("bind mount on {dest}: source {}", source.display()),
+                    e,
+                )
+            })?;
+            let target = sys
+                .prepare_target(rootfs, &m.destination, kind)
+                .map_err(|e| sys_err(step(" (create target)"), e))?;
+            let bind = m.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
+            sys.mount(Some(source), target.path(), None, bind, None)
+                .map_err(|e| sys_err(step(""), e))?;
+            // The descriptor still names the directory under the new mount: reopen it so the
+            // calls below act on the mount itself.
+            let target = sys
+                .prepare_target(rootfs, &m.destination, kind)
+                .map_err(|e| sys_err(step(" (reopen target)"), e))?;
+            let rest = m.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+            if !rest.is_empty() {
+                // A bind mount ignores every flag but MS_BIND|MS_REC; they take effect on a
+                // remount, which must keep the flags the kernel locked on the source mount.
+                let locked = sys.mount_flags(target.path()).unwrap_or(MsFlags::empty())
+                    & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+                sys.mount(
+                    None,
+                    target.path(),
+                    None,
+                    rest | locked | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                    None,
+                )
+                .map_err(|e| sys_err(step(" (remount with its options)"), e))?;
+            }
+            for p in &m.propagation {
+                sys.mount(None, target.path(), None, *p, None)
+                    .map_err(|e| sys_err(step(" (set propagation)"), e))?;
+            }
+        }
+        MountKind::Cgroup => mount_cgroup(sys, plan, m, cgroups)?,
+        MountKind::Filesystem => {
+            let target = sys
+                .prepare_target(rootfs, &m.destination, FileKind::Dir)
+                .map_err(|e| sys_err(step(" (create target)"), e))?;
+            let source = m
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(m.fstype.clone().unwrap_or_default()));
+            let fstype = m.fstype.as_deref();
+            match sys.mount(
+                Some(&source),
+                target.path(),
+                fstype,
+                m.flags,
+                m.data.as_deref(),
+            ) {
+                Ok(()) => {}
+                // sysfs can only be mounted by the owner of the network namespace; without one
+                // of its own (or inside a user namespace), the container gets the host's /sys
+                // bound read-only instead, as runc does.
+                Err(Errno::EPERM) if fstype == Some("sysfs") => {
+                    sys.mount(
+                        Some(Path::new("/sys")),
+                        target.path(),
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                    )
+                    .map_err(|e| sys_err(step(" (bind of /sys instead of sysfs)"), e))?;
+                    sys.mount(
+                        None,
+                        target.path(),
+                        None,
+                        MsFlags::MS_BIND
+                            | MsFlags::MS_REMOUNT
+                            | MsFlags::MS_RDONLY
+                            | MsFlags::MS_NOSUID
+                            | MsFlags::MS_NODEV
+                            | MsFlags::MS_NOEXEC,
+                        None,
+                    )
+                    .map_err(|e| sys_err(step(" (remount /sys read-only)"), e))?;
+                }
+                Err(e) => return Err(sys_err(step(""), e)),
+            }
+            let target = sys
+                .prepare_target(rootfs, &m.destination, FileKind::Dir)
+                .map_err(|e| sys_err(step(" (reopen target)"), e))?;
+            for p in &m.propagation {
+                sys.mount(None, target.path(), None, *p, None)
+                    .map_err(|e| sys_err(step(" (set propagation)"), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mount_cgroup(
+    sys: &dyn Syscall,
+    plan: &Plan,
+    m: &MountPlan,
+    cgroups: &[CgroupView],
+) -> Result<()> {
+    let rootfs = plan.rootfs.as_path();
+    let dest = m.destination.display();
+    let flags = m.flags & !MsFlags::MS_RDONLY;
+    let target = sys
+        .prepare_target(rootfs, &m.destination, FileKind::Dir)
+        .map_err(|e| sys_err(format!("mount cgroup on {dest} (create target)"), e))?;
+    if cgroups.contains(&CgroupView::Unified) {
+        return sys
+            .mount(
+                Some(Path::new("cgroup2")),
+                target.path(),
+                Some("cgroup2"),
+                m.flags,
+                None,
+            )
+            .map_err(|e| sys_err(format!("mount cgroup2 on {dest}"), e));
+    }
+    if let [CgroupView::Hierarchy { name, host }] = cgroups
+        && name.is_empty()
+    {
+        return bind_cgroup(sys, rootfs, host, &m.destination, m.flags);
+    }
+    // v1: a tmpfs holding one bind mount per hierarchy, each showing only the container's own
+    // cgroup, then the tmpfs and the binds made read-only if the spec asks.
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        target.path(),
+        Some("tmpfs"),
+        flags,
+        Some("mode=755"),
+    )
+    .map_err(|e| sys_err(format!("mount tmpfs for cgroups on {dest}"), e))?;
+    let base = in_root(rootfs, &m.destination);
+    for view in cgroups {
+        match view {
+            CgroupView::Unified => {}
+            CgroupView::Hierarchy { name, host } => {
+                bind_cgroup(sys, rootfs, host, &m.destination.join(name), m.flags)?;
+            }
+            CgroupView::Fresh { name, options } => {
+                let sub = m.destination.join(name);
+                let t = sys
+                    .prepare_target(rootfs, &sub, FileKind::Dir)
+                    .map_err(|e| sys_err(format!("create {}", sub.display()), e))?;
+                // A named hierarchy (name=systemd) is mounted with its name as the source,
+                // the rest as "cgroup", as runc does.
+                let source = options
+                    .strip_prefix("name=")
+                    .filter(|n| !n.contains(','))
+                    .unwrap_or("cgroup");
+                sys.mount(
+                    Some(Path::new(source)),
+                    t.path(),
+                    Some("cgroup"),
+                    m.flags,
+                    Some(options),
+                )
+                .map_err(|e| sys_err(format!("mount cgroup {options} on {}", sub.display()), e))?;
+            }
+            CgroupView::Link { name, target } => {
+                match sys.symlink(Path::new(target), &base.join(name)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(sys_err(format!("symlink {dest}/{name} -> {target}"), e));
+                    }
+                }
+            }
+        }
+    }
+    // The tmpfs itself stays writable, as runc leaves it: it is the container's own, and what
+    // matters (the cgroup binds) is read-only.
+    Ok(())
+}
+
+/// Binds one cgroup directory of the host at `dest`, read-only if `flags` says so.
+fn bind_cgroup(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    host: &Path,
+    dest: &Path,
+    flags: MsFlags,
+) -> Result<()> {
+    let t = sys
+        .prepare_target(rootfs, dest, FileKind::Dir)
+        .map_err(|e| sys_err(format!("create {}", dest.display()), e))?;
+    sys.mount(
+        Some(host),
+        t.path(),
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(|e| {
+        sys_err(
+            format!("bind cgroup {} on {}", host.display(), dest.display()),
+            e,
+        )
+    })?;
+    if flags.contains(MsFlags::MS_RDONLY) {
+        let t = sys
+            .prepare_target(rootfs, dest, FileKind::Dir)
+            .map_err(|e| sys_err(format!("reopen {}", dest.display()), e))?;
+        sys.mount(
+            None,
+            t.path(),
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None,
+        )
+        .map_err(|e| sys_err(format!("remount {} read-only", dest.display()), e))?;
+    }
+    Ok(())
+}
+
+fn create_devices(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
+    let rootfs = plan.rootfs.as_path();
+    // Device modes are the spec's, not filtered by the runtime's umask.
+    sys.umask(0);
+    for d in &plan.devices {
+        create_device(sys, rootfs, d, plan.new_user_namespace())?;
+    }
+    sys.umask(0o022);
+    Ok(())
+}
+
+fn create_device(sys: &dyn Syscall, rootfs: &Path, d: &DevicePlan, userns: bool) -> Result<()> {
+    let host_path = in_root(rootfs, &d.path);
+    if let Some(parent) = d.path.parent() {
+        sys.prepare_target(rootfs, parent, FileKind::Dir)
+            .map_err(|e| sys_err(format!("create {}", parent.display()), e))?;
+    }
+    let bind = |sys: &dyn Syscall| -> Result<()> {
+        // In a user namespace mknod is not allowed: the host's node is bound instead.
+        let t = sys
+            .prepare_target(rootfs, &d.path, FileKind::File)
+            .map_err(|e| sys_err(format!("create {}", d.path.display()), e))?;
+        sys.mount(Some(&d.path), t.path(), None, MsFlags::MS_BIND, None)
+            .map_err(|e| sys_err(format!("bind device {}", d.path.display()), e))
+    };
+    if userns {
+        return bind(sys);
+    }
+    match sys.mknod(
+        &host_path,
+        d.kind,
+        Mode::from_bits_truncate(d.mode),
+        d.dev(),
+    ) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => return Ok(()),
+        Err(Errno::EPERM) => return bind(sys),
+        Err(e) => return Err(sys_err(format!("mknod {}", d.path.display()), e)),
+    }
+    sys.chown(&host_path, d.uid, d.gid)
+        .map_err(|e| sys_err(format!("chown {}", d.path.display()), e))
+}
+
+fn dev_links(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
+    let rootfs = plan.rootfs.as_path();
+    let mut links = vec![
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ];
+    if sys.file_kind(Path::new("/proc/kcore")).is_ok() {
+        links.push(("/proc/kcore", "/dev/core"));
+    }
+    // Each container's devpts is a new instance; /dev/ptmx must be its ptmx, not the host's.
+    // runc makes the link whether or not the spec mounts a devpts, and so do we.
+    links.push(("pts/ptmx", "/dev/ptmx"));
+    for (target, link) in links {
+        match sys.symlink(Path::new(target), &in_root(rootfs, Path::new(link))) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(sys_err(format!("symlink {link} -> {target}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Makes the rootfs `/`: pivot_root, or MS_MOVE + chroot when `no_pivot` (ramfs roots).
+pub fn pivot(sys: &dyn Syscall, plan: &Plan, no_pivot: bool) -> Result<()> {
+    let rootfs = plan.rootfs.as_path();
+    let here = Path::new(".");
+    sys.chdir(rootfs)
+        .map_err(|e| sys_err(format!("chdir to rootfs {}", rootfs.display()), e))?;
+    if no_pivot {
+        sys.mount(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None)
+            .map_err(|e| sys_err(format!("move rootfs {} to /", rootfs.display()), e))?;
+        sys.chroot(here)
+            .map_err(|e| sys_err(format!("chroot to {}", rootfs.display()), e))?;
+    } else {
+        let old_root = sys
+            .open_dir(Path::new("/"))
+            .map_err(|e| sys_err("open the old root", e))?;
+        // pivot_root(".", ".") stacks the old root on top of the new one at "/", so it can be
+        // detached without a put_old directory in the image.
+        sys.pivot_root(here, here)
+            .map_err(|e| sys_err(format!("pivot_root to {}", rootfs.display()), e))?;
+        // "." must name the old root, not the new root beneath it: the recursive slave below
+        // would otherwise strip the propagation of the container's own mounts.
+        sys.fchdir(old_root.as_fd())
+            .map_err(|e| sys_err("fchdir to the old root", e))?;
+        // The old root's mounts may be shared with the host: make them slaves before
+        // detaching so the unmount does not propagate back.
+        sys.mount(None, here, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
+            .map_err(|e| sys_err("make the old root a slave mount", e))?;
+        sys.umount2(here, MntFlags::MNT_DETACH)
+            .map_err(|e| sys_err("detach the old root", e))?;
+    }
+    sys.chdir(Path::new("/"))
+        .map_err(|e| sys_err("chdir to / in the new root", e))
+}
+
+/// After the pivot: read-only root, then read-only and masked paths.
+pub fn finalize(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
+    if plan.readonly_root {
+        let locked = sys.mount_flags(Path::new("/")).unwrap_or(MsFlags::empty());
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            locked | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )
+        .map_err(|e| sys_err("remount / read-only", e))?;
+    }
+    for p in &plan.readonly_paths {
+        match sys.file_kind(p) {
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(sys_err(format!("read-only path {}", p.display()), e)),
+            Ok(_) => {}
+        }
+        sys.mount(Some(p), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
+            .map_err(|e| sys_err(format!("bind read-only path {}", p.display()), e))?;
+        let locked = sys.mount_flags(p).unwrap_or(MsFlags::empty());
+        sys.mount(
+            None,
+            p,
+            None,
+            locked | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(|e| sys_err(format!("remount {} read-only", p.display()), e))?;
+    }
+    for p in &plan.masked_paths {
+        match sys.file_kind(p) {
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(sys_err(format!("masked path {}", p.display()), e)),
+            Ok(FileKind::Dir) => sys
+                .mount(
+                    Some(Path::new("tmpfs")),
+                    p,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None,
+                )
+                .map_err(|e| sys_err(format!("mask directory {}", p.display()), e))?,
+            Ok(FileKind::File) => sys
+                .mount(
+                    Some(Path::new("/dev/null")),
+                    p,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                )
+                .map_err(|e| sys_err(format!("mask {}", p.display()), e))?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,864 @@
+//! Loading `config.json` and validating all of it, before any process is cloned.
+//!
+//! [`Plan`] is the spec resolved into what the init sequence needs: absolute paths, mount flags
+//! split from filesystem data, capability masks, compiled seccomp, looked-up rlimits. Every
+//! error a spec can cause is found here, in the caller's process, with the field that caused it.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::path::{Component, Path, PathBuf};
+
+use berth_core::{Error, ErrorKind, Result};
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::stat::SFlag;
+use oci_spec::runtime::{
+    LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, LinuxResources, Mount, Process, Spec,
+};
+
+use crate::capabilities::CapabilitySets;
+use crate::rlimits::Rlimit;
+use crate::seccomp::SeccompProgram;
+
+/// The OCI runtime spec versions this runtime implements.
+pub const OCI_VERSION: &str = "1.2.0";
+
+/// Reads `<bundle>/config.json`.
+pub fn load(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let data =
+        std::fs::read(&path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    serde_json::from_slice(&data)
+        .map_err(|e| Error::invalid_argument(format!("parse {}: {e}", path.display())))
+}
+
+/// A namespace the container gets: a new one, or an existing one joined by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacePlan {
+    /// The clone flag of the namespace type.
+    pub flag: CloneFlags,
+    /// The namespace file to join, or None for a new namespace.
+    pub path: Option<PathBuf>,
+}
+
+/// User namespace id mappings, written by the parent into `/proc/PID/{uid,gid}_map`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdMappings {
+    /// uid_map lines.
+    pub uid: Vec<LinuxIdMapping>,
+    /// gid_map lines.
+    pub gid: Vec<LinuxIdMapping>,
+}
+
+impl IdMappings {
+    /// The text for a `*_map` file.
+    pub fn format(map: &[LinuxIdMapping]) -> String {
+        map.iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect()
+    }
+
+    /// The host id that `id` inside the namespace maps to, if any.
+    pub fn to_host(map: &[LinuxIdMapping], id: u32) -> Option<u32> {
+        map.iter().find_map(|m| {
+            let off = id.checked_sub(m.container_id())?;
+            (off < m.size()).then(|| m.host_id() + off)
+        })
+    }
+}
+
+/// What kind of mount an entry is, which decides the sequence used to mount it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    /// bind or rbind of a host path.
+    Bind,
+    /// A cgroup filesystem view (v1 binds of the container's cgroups, or cgroup2).
+    Cgroup,
+    /// Any other filesystem type mounted from its source.
+    Filesystem,
+}
+
+/// One spec mount, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPlan {
+    /// How it is mounted.
+    pub kind: MountKind,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    /// The source (absolute for binds; relative binds are resolved against the bundle).
+    pub source: Option<PathBuf>,
+    /// Filesystem type.
+    pub fstype: Option<String>,
+    /// Flags for the mount itself.
+    pub flags: MsFlags,
+    /// Propagation changes made after mounting (each applied as its own mount call).
+    pub propagation: Vec<MsFlags>,
+    /// Filesystem-specific options.
+    pub data: Option<String>,
+}
+
+impl MountPlan {
+    /// Parses a spec mount; relative bind sources are taken relative to `bundle`.
+    pub fn parse(m: &Mount, bundle: &Path) -> Result<MountPlan> {
+        let dest = m.destination();
+        let what = || format!("mount {}", dest.display());
+        if !dest.is_absolute() {
+            return Err(Error::invalid_argument(format!(
+                "{}: destination must be an absolute path",
+                what()
+            )));
+        }
+        if dest.components().any(|c| c == Component::ParentDir) {
+            return Err(Error::invalid_argument(format!(
+                "{}: destination must not contain \"..\"",
+                what()
+            )));
+        }
+        let mut flags = MsFlags::empty();
+        let mut propagation = Vec::new();
+        let mut data = Vec::new();
+        let mut bind = false;
+        for opt in m.options().iter().flatten() {
+            let (set, clear) = match opt.as_str() {
+                "bind" => {
+                    bind = true;
+                    (MsFlags::MS_BIND, MsFlags::empty())
+                }
+                "rbind" => {
+                    bind = true;
+                    (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
+                }
+                "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+                "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+                "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+                "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+                "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+                "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+                "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+                "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+                "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+                "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+                "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+                "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+                "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+                "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+                "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+                "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+                "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+                "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+                "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+                "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+                "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+                "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
+                "acl" => (MsFlags::MS_POSIXACL, MsFlags::empty()),
+                "noacl" => (MsFlags::empty(), MsFlags::MS_POSIXACL),
+                "iversion" => (MsFlags::MS_I_VERSION, MsFlags::empty()),
+                "noiversion" => (MsFlags::empty(), MsFlags::MS_I_VERSION),
+                "lazytime" => (MsFlags::MS_LAZYTIME, MsFlags::empty()),
+                "nolazytime" => (MsFlags::empty(), MsFlags::MS_LAZYTIME),
+                "defaults" => continue,
+                "loud" => (MsFlags::empty(), MsFlags::MS_SILENT),
+                "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
+                | "unbindable" | "runbindable" => {
+                    propagation.push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
+                    continue;
+                }
+                "nosymfollow" => (
+                    MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
+                    MsFlags::empty(),
+                ),
+                "symfollow" => (
+                    MsFlags::empty(),
+                    MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
+                ),
+                // Options runc accepts that need no action here.
+                "tmpcopyup" | "norbind" => continue,
+                "idmap" | "ridmap" => {
+                    return Err(Error::not_implemented(format!(
+                        "{}: id-mapped mounts are not supported",
+                        what()
+                    )));
+                }
+                other if other.starts_with('r') && is_recursive_attr(other) => {
+                    return Err(Error::not_implemented(format!(
+                        "{}: recursive mount attribute {other:?} is not supported",
+                        what()
+                    )));
+                }
+                _ => {
+                    data.push(opt.clone());
+                    continue;
+                }
+            };
+            flags |= set;
+            flags &= !clear;
+        }
+        let fstype = m.typ().clone().filter(|t| !t.is_empty());
+        let kind = if bind || fstype.as_deref() == Some("bind") {
+            MountKind::Bind
+        } else if matches!(fstype.as_deref(), Some("cgroup") | Some("cgroup2")) {
+            MountKind::Cgroup
+        } else {
+            MountKind::Filesystem
+        };
+        if kind == MountKind::Bind {
+            flags |= MsFlags::MS_BIND;
+        }
+        let mut source = m.source().clone();
+        if kind == MountKind::Bind {
+            let src = source.ok_or_else(|| {
+                Error::invalid_argument(format!("{}: a bind mount needs a source", what()))
+            })?;
+            source = Some(if src.is_absolute() {
+                src
+            } else {
+                bundle.join(src)
+            });
+        } else if kind == MountKind::Filesystem && fstype.is_none() {
+            return Err(Error::invalid_argument(format!(
+                "{}: no filesystem type",
+                what()
+            )));
+        }
+        Ok(MountPlan {
+            kind,
+            destination: dest.clone(),
+            source,
+            fstype,
+            flags,
+            propagation,
+            data: (!data.is_empty()).then(|| data.join(",")),
+        })
+    }
+}
+
+fn is_recursive_attr(opt: &str) -> bool {
+    matches!(
+        opt,
+        "rro"
+            | "rrw"
+            | "rnosuid"
+            | "rsuid"
+            | "rnodev"
+            | "rdev"
+            | "rnoexec"
+            | "rexec"
+            | "rnodiratime"
+            | "rdiratime"
+            | "rrelatime"
+            | "rnorelatime"
+            | "rnoatime"
+            | "ratime"
+            | "rstrictatime"
+            | "rnostrictatime"
+            | "rnosymfollow"
+            | "rsymfollow"
+    )
+}
+
+/// The propagation flags for a propagation option name.
+pub fn propagation_flag(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// A device node to create in the container's /dev.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePlan {
+    /// Absolute path inside the container.
+    pub path: PathBuf,
+    /// Character, block or fifo.
+    pub kind: SFlag,
+    /// Major number.
+    pub major: u64,
+    /// Minor number.
+    pub minor: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+impl DevicePlan {
+    fn new(path: &str, major: u64, minor: u64) -> DevicePlan {
+        DevicePlan {
+            path: PathBuf::from(path),
+            kind: SFlag::S_IFCHR,
+            major,
+            minor,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// The devices every container gets (as runc and the spec's "default devices").
+    pub fn defaults() -> Vec<DevicePlan> {
+        // runc's order, so mount tables (with binds, in user namespaces) read the same.
+        vec![
+            DevicePlan::new("/dev/null", 1, 3),
+            DevicePlan::new("/dev/random", 1, 8),
+            DevicePlan::new("/dev/full", 1, 7),
+            DevicePlan::new("/dev/tty", 5, 0),
+            DevicePlan::new("/dev/zero", 1, 5),
+            DevicePlan::new("/dev/urandom", 1, 9),
+        ]
+    }
+
+    /// The dev_t for mknod.
+    pub fn dev(&self) -> u64 {
+        nix::sys::stat::makedev(self.major, self.minor)
+    }
+}
+
+/// The process to run: the container's init or an exec'd process.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessPlan {
+    /// argv; `args[0]` is looked up in the container's PATH by init.
+    pub args: Vec<CString>,
+    /// The environment.
+    pub env: Vec<CString>,
+    /// Working directory inside the container (absolute).
+    pub cwd: PathBuf,
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// umask, if the spec sets one.
+    pub umask: Option<u32>,
+    /// Whether to allocate a pty and send its master over the console socket.
+    pub terminal: bool,
+    /// Capability sets; None keeps what the process has (root's full set).
+    pub capabilities: Option<CapabilitySets>,
+    /// rlimits, applied in order.
+    pub rlimits: Vec<Rlimit>,
+    /// prctl(PR_SET_NO_NEW_PRIVS).
+    pub no_new_privileges: bool,
+    /// /proc/self/oom_score_adj.
+    pub oom_score_adj: Option<i32>,
+    /// Seccomp filter.
+    pub seccomp: Option<SeccompProgram>,
+}
+
+impl ProcessPlan {
+    /// Validates a spec process; `seccomp` is the container's (shared by its exec'd processes).
+    pub fn new(process: &Process, seccomp: Option<SeccompProgram>) -> Result<ProcessPlan> {
+        let args = process.args().clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err(Error::invalid_argument("process.args must not be empty"));
+        }
+        let cstrings = |v: &[String], what: &str| -> Result<Vec<CString>> {
+            v.iter()
+                .map(|s| {
+                    CString::new(s.as_bytes()).map_err(|_| {
+                        Error::invalid_argument(format!("{what} {s:?} contains a NUL byte"))
+                    })
+                })
+                .collect()
+        };
+        let env = process.env().clone().unwrap_or_default();
+        for e in &env {
+            if !e.contains('=') {
+                return Err(Error::invalid_argument(format!(
+                    "process.env entry {e:?} is not KEY=VALUE"
+                )));
+            }
+        }
+        let cwd = process.cwd().clone();
+        if !cwd.is_absolute() {
+            return Err(Error::invalid_argument(format!(
+                "process.cwd {} must be an absolute path",
+                cwd.display()
+            )));
+        }
+        let user = process.user();
+        let capabilities = match process.capabilities() {
+            Some(c) => {
+                let (mut sets, warnings) = CapabilitySets::from_spec(c)?;
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                // The kernel raises an ambient capability only if it is both permitted and
+                // inheritable; like runc, the others are left out with a warning.
+                let raisable = sets.permitted & sets.inheritable;
+                let dropped = sets.ambient & !raisable;
+                if dropped != 0 {
+                    tracing::warn!(
+                        "ambient capabilities {:?} are not both permitted and inheritable: not raised",
+                        crate::capabilities::names(dropped)
+                    );
+                    sets.ambient &= raisable;
+                }
+                Some(sets)
+            }
+            None => None,
+        };
+        let rlimits = match process.rlimits() {
+            Some(r) => Rlimit::from_specs(r)?,
+            None => Vec::new(),
+        };
+        if let Some(profile) = process
+            .apparmor_profile()
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
+            if !Path::new("/sys/kernel/security/apparmor").exists() {
+                tracing::warn!(
+                    profile,
+                    "AppArmor is not enabled on this host; profile ignored"
+                );
+            } else {
+                tracing::warn!(
+                    profile,
+                    "AppArmor profiles are not applied by berth-runtime yet"
+                );
+            }
+        }
+        if let Some(label) = process.selinux_label().as_deref().filter(|p| !p.is_empty()) {
+            tracing::warn!(label, "SELinux is not enabled on this host; label ignored");
+        }
+        if let Some(adj) = process.oom_score_adj()
+            && !(-1000..=1000).contains(&adj)
+        {
+            return Err(Error::invalid_argument(format!(
+                "process.oomScoreAdj {adj} is outside -1000..1000"
+            )));
+        }
+        Ok(ProcessPlan {
+            args: cstrings(&args, "process.args entry")?,
+            env: cstrings(&env, "process.env entry")?,
+            cwd,
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: user.umask(),
+            terminal: process.terminal().unwrap_or(false),
+            capabilities,
+            rlimits,
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            oom_score_adj: process.oom_score_adj(),
+            seccomp,
+        })
+    }
+
+    /// The value of PATH in the process's environment.
+    pub fn path_var(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find_map(|e| e.to_str().ok().and_then(|s| s.strip_prefix("PATH=")))
+    }
+}
+
+/// Hooks by phase, as the spec lists them.
+pub type Hooks = oci_spec::runtime::Hooks;
+
+/// The whole container, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The spec as loaded (kept for the state and for hooks).
+    pub spec: Spec,
+    /// The bundle directory (absolute).
+    pub bundle: PathBuf,
+    /// The root filesystem (absolute).
+    pub rootfs: PathBuf,
+    /// `root.readonly`.
+    pub readonly_root: bool,
+    /// Namespaces in the order they are set up; the user namespace, when new, comes first.
+    pub namespaces: Vec<NamespacePlan>,
+    /// Id mappings for a new user namespace.
+    pub id_mappings: Option<IdMappings>,
+    /// Spec mounts, in order.
+    pub mounts: Vec<MountPlan>,
+    /// Propagation of `/` inside the container's mount namespace.
+    pub rootfs_propagation: MsFlags,
+    /// Devices to create (defaults plus `linux.devices`), when /dev is a fresh mount.
+    pub devices: Vec<DevicePlan>,
+    /// `linux.maskedPaths`.
+    pub masked_paths: Vec<PathBuf>,
+    /// `linux.readonlyPaths`.
+    pub readonly_paths: Vec<PathBuf>,
+    /// hostname.
+    pub hostname: Option<String>,
+    /// domainname.
+    pub domainname: Option<String>,
+    /// `linux.sysctl`, sorted for a stable order.
+    pub sysctl: BTreeMap<String, String>,
+    /// The container's process.
+    pub process: ProcessPlan,
+    /// `linux.cgroupsPath`.
+    pub cgroups_path: Option<String>,
+    /// `linux.resources`.
+    pub resources: Option<LinuxResources>,
+}
+
+impl Plan {
+    /// Validates `spec` for the bundle at `bundle`.
+    pub fn new(spec: Spec, bundle: &Path) -> Result<Plan> {
+        let bundle = std::fs::canonicalize(bundle)
+            .map_err(|e| Error::io(format!("bundle {}", bundle.display()), e))?;
+        let version = spec.version();
+        if !version.starts_with("1.") {
+            return Err(Error::invalid_argument(format!(
+                "ociVersion {version:?} is not supported (this runtime implements 1.0 to {OCI_VERSION})"
+            )));
+        }
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| Error::invalid_argument("root is required"))?;
+        let rootfs = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            bundle.join(root.path())
+        };
+        let rootfs = std::fs::canonicalize(&rootfs)
+            .map_err(|e| Error::io(format!("root.path {}", rootfs.display()), e))?;
+        if !rootfs.is_dir() {
+            return Err(Error::invalid_argument(format!(
+                "root.path {} is not a directory",
+                rootfs.display()
+            )));
+        }
+        let linux = spec
+            .linux()
+            .clone()
+            .ok_or_else(|| Error::invalid_argument("linux section is required on Linux"))?;
+
+        if linux.personality().is_some() {
+            return Err(Error::not_implemented("linux.personality is not supported"));
+        }
+        if linux.intel_rdt().is_some() {
+            return Err(Error::not_implemented("linux.intelRdt is not supported"));
+        }
+        if let Some(p) = spec.process() {
+            if p.scheduler().is_some() {
+                return Err(Error::not_implemented("process.scheduler is not supported"));
+            }
+            if p.io_priority().is_some() {
+                return Err(Error::not_implemented(
+                    "process.ioPriority is not supported",
+                ));
+            }
+        }
+
+        let mut namespaces = Vec::new();
+        let mut seen = CloneFlags::empty();
+        for ns in linux.namespaces().iter().flatten() {
+            let flag = match ns.typ() {
+                LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+                LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+                LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+                LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+                LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+                LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+                LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+                LinuxNamespaceType::Time => {
+                    return Err(Error::not_implemented(
+                        "time namespaces are not supported by berth-runtime",
+                    ));
+                }
+            };
+            if seen.contains(flag) {
+                return Err(Error::invalid_argument(format!(
+                    "namespace {} is listed twice",
+                    ns.typ()
+                )));
+            }
+            seen |= flag;
+            let path = ns.path().clone().filter(|p| !p.as_os_str().is_empty());
+            if let Some(p) = &path
+                && !p.exists()
+            {
+                return Err(Error::not_found(format!(
+                    "namespace {} path {}",
+                    ns.typ(),
+                    p.display()
+                )));
+            }
+            namespaces.push(NamespacePlan { flag, path });
+        }
+        // The user namespace is set up first so that the others belong to it.
+        namespaces.sort_by_key(|n| n.flag != CloneFlags::CLONE_NEWUSER);
+        if !seen.contains(CloneFlags::CLONE_NEWNS) {
+            return Err(Error::invalid_argument(
+                "a mount namespace is required (the runtime pivots the root inside it)",
+            ));
+        }
+
+        let new_userns = namespaces
+            .iter()
+            .any(|n| n.flag == CloneFlags::CLONE_NEWUSER && n.path.is_none());
+        let id_mappings = if new_userns {
+            let uid = linux.uid_mappings().clone().unwrap_or_default();
+            let gid = linux.gid_mappings().clone().unwrap_or_default();
+            if uid.is_empty() || gid.is_empty() {
+                return Err(Error::invalid_argument(
+                    "a new user namespace needs linux.uidMappings and linux.gidMappings",
+                ));
+            }
+            Some(IdMappings { uid, gid })
+        } else {
+            if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
+                return Err(Error::invalid_argument(
+                    "linux.uidMappings is set but there is no new user namespace",
+                ));
+            }
+            None
+        };
+
+        let mut mounts = Vec::new();
+        for m in spec.mounts().iter().flatten() {
+            mounts.push(MountPlan::parse(m, &bundle)?);
+        }
+
+        let rootfs_propagation = match linux.rootfs_propagation().as_deref() {
+            None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            Some(p) => propagation_flag(p).ok_or_else(|| {
+                Error::invalid_argument(format!("linux.rootfsPropagation {p:?} is not valid"))
+            })?,
+        };
+
+        let mut devices = DevicePlan::defaults();
+        for d in linux.devices().iter().flatten() {
+            let kind = match d.typ() {
+                LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+                LinuxDeviceType::B => SFlag::S_IFBLK,
+                LinuxDeviceType::P => SFlag::S_IFIFO,
+                LinuxDeviceType::A => {
+                    return Err(Error::invalid_argument(format!(
+                        "device {}: type \"a\" is only valid in cgroup rules",
+                        d.path().display()
+                    )));
+                }
+            };
+            if !d.path().starts_with("/dev") {
+                return Err(Error::invalid_argument(format!(
+                    "device {} must be under /dev",
+                    d.path().display()
+                )));
+            }
+            let plan = DevicePlan {
+                path: d.path().clone(),
+                kind,
+                major: u64::try_from(d.major()).unwrap_or(0),
+                minor: u64::try_from(d.minor()).unwrap_or(0),
+                mode: d.file_mode().unwrap_or(0o666),
+                uid: d.uid().unwrap_or(0),
+                gid: d.gid().unwrap_or(0),
+            };
+            devices.retain(|x| x.path != plan.path);
+            devices.push(plan);
+        }
+
+        let mut sysctl = BTreeMap::new();
+        for (k, v) in linux.sysctl().iter().flatten() {
+            validate_sysctl(k, &seen)?;
+            sysctl.insert(k.clone(), v.clone());
+        }
+
+        if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
+            && !seen.contains(CloneFlags::CLONE_NEWUTS)
+        {
+            return Err(Error::invalid_argument(
+                "hostname is set but the container has no UTS namespace of its own",
+            ));
+        }
+
+        let seccomp = match linux.seccomp() {
+            Some(s) => Some(SeccompProgram::compile(s)?),
+            None => None,
+        };
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| Error::invalid_argument("process is required"))?;
+        let process = ProcessPlan::new(process, seccomp)?;
+
+        let cgroups_path = linux
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
+
+        Ok(Plan {
+            bundle,
+            rootfs,
+            readonly_root: root.readonly().unwrap_or(false),
+            namespaces,
+            id_mappings,
+            mounts,
+            rootfs_propagation,
+            devices,
+            masked_paths: linux
+                .masked_paths()
+                .iter()
+                .flatten()
+                .map(PathBuf::from)
+                .collect(),
+            readonly_paths: linux
+                .readonly_paths()
+                .iter()
+                .flatten()
+                .map(PathBuf::from)
+                .collect(),
+            hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
+            domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
+            sysctl,
+            process,
+            cgroups_path,
+            resources: linux.resources().clone(),
+            spec,
+        })
+    }
+
+    /// Whether the container gets a namespace of this type (new or joined).
+    pub fn has_namespace(&self, flag: CloneFlags) -> bool {
+        self.namespaces.iter().any(|n| n.flag == flag)
+    }
+
+    /// Whether the container gets a new user namespace.
+    pub fn new_user_namespace(&self) -> bool {
+        self.id_mappings.is_some()
+    }
+}
+
+/// Sysctls the spec may set are those namespaced by a namespace the container has (as runc).
+fn validate_sysctl(key: &str, ns: &CloneFlags) -> Result<()> {
+    let ipc = matches!(
+        key,
+        "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
+            | "kernel.sem"
+            | "kernel.shmall"
+            | "kernel.shmmax"
+            | "kernel.shmmni"
+            | "kernel.shm_rmid_forced"
+    ) || key.starts_with("fs.mqueue.");
+    let (needed, what) = if ipc {
+        (CloneFlags::CLONE_NEWIPC, "IPC")
+    } else if key.starts_with("net.") {
+        (CloneFlags::CLONE_NEWNET, "network")
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        (CloneFlags::CLONE_NEWUTS, "UTS")
+    } else {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("sysctl {key:?} is not namespaced and cannot be set for a container"),
+        ));
+    };
+    if key.contains("..") || key.contains('/') {
+        return Err(Error::invalid_argument(format!(
+            "sysctl {key:?} is not valid"
+        )));
+    }
+    if !ns.contains(needed) {
+        return Err(Error::invalid_argument(format!(
+            "sysctl {key:?} needs a {what} namespace of the container's own"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Mount {
+        let mut m = Mount::default();
+        m.set_destination(PathBuf::from(dest));
+        m.set_typ(Some(typ.to_owned()));
+        m.set_source(Some(PathBuf::from(src)));
+        m.set_options(Some(opts.iter().map(|s| s.to_string()).collect()));
+        m
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_propagation_and_data() {
+        let m = mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        );
+        let p = MountPlan::parse(&m, Path::new("/b")).unwrap();
+        assert_eq!(p.kind, MountKind::Filesystem);
+        assert_eq!(p.flags, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC);
+        assert_eq!(
+            p.data.as_deref(),
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5")
+        );
+
+        let m = mount("/data", "none", "data", &["rbind", "ro", "rslave"]);
+        let p = MountPlan::parse(&m, Path::new("/b")).unwrap();
+        assert_eq!(p.kind, MountKind::Bind);
+        assert_eq!(p.source.as_deref(), Some(Path::new("/b/data")));
+        assert_eq!(
+            p.flags,
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY
+        );
+        assert_eq!(p.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+        assert_eq!(p.data, None);
+    }
+
+    #[test]
+    fn later_options_override_earlier_ones() {
+        let m = mount("/x", "tmpfs", "tmpfs", &["ro", "rw", "nosuid", "suid"]);
+        let p = MountPlan::parse(&m, Path::new("/b")).unwrap();
+        assert_eq!(p.flags, MsFlags::empty());
+    }
+
+    #[test]
+    fn bad_mounts_are_rejected_with_the_destination() {
+        let m = mount("relative", "tmpfs", "tmpfs", &[]);
+        let e = MountPlan::parse(&m, Path::new("/b")).unwrap_err();
+        assert!(e.to_string().contains("relative"), "{e}");
+        let m = mount("/a/../../etc", "tmpfs", "tmpfs", &[]);
+        assert!(MountPlan::parse(&m, Path::new("/b")).is_err());
+        let m = mount("/x", "none", "/src", &["idmap", "bind"]);
+        assert_eq!(
+            MountPlan::parse(&m, Path::new("/b")).unwrap_err().kind(),
+            ErrorKind::NotImplemented
+        );
+    }
+
+    #[test]
+    fn sysctls_must_be_namespaced() {
+        let ns = CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET;
+        validate_sysctl("kernel.shmmax", &ns).unwrap();
+        validate_sysctl("net.ipv4.ip_forward", &ns).unwrap();
+        assert!(validate_sysctl("kernel.panic", &ns).is_err());
+        assert!(validate_sysctl("net.ipv4.ip_forward", &CloneFlags::empty()).is_err());
+    }
+
+    #[test]
+    fn id_mapping_lookup() {
+        let map: Vec<LinuxIdMapping> =
+            serde_json::from_str(r#"[{"containerID":0,"hostID":100000,"size":65536}]"#).unwrap();
+        assert_eq!(IdMappings::to_host(&map, 0), Some(100000));
+        assert_eq!(IdMappings::to_host(&map, 65535), Some(165535));
+        assert_eq!(IdMappings::to_host(&map, 65536), None);
+        assert_eq!(IdMappings::format(&map), "0 100000 65536\n");
+    }
+}
