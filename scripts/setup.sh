@@ -13,6 +13,8 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
 command -v docker-registry >/dev/null 2>&1 || want+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || want+=(apache2-utils)
+# bench/ scripts read cargo metadata with jq.
+command -v jq >/dev/null 2>&1 || want+=(jq)
 # The runtime compiles seccomp profiles with libseccomp (linked by the libseccomp crate).
 dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q 'ok installed' || want+=(libseccomp-dev)
 # The runtime conformance and differential tests run real containers under Debian's runc (the

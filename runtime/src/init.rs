@@ -195,13 +195,14 @@ fn become_user(sys: &dyn Syscall, p: &ProcessPlan) -> Result<()> {
 }
 
 fn exec(sys: &dyn Syscall, p: &ProcessPlan, program: &CString, keep: i32) -> Result<Infallible> {
+    sys.close_on_exec_from(3 + keep)
+        .map_err(|e| sys_err("mark descriptors close-on-exec", e))?;
     if let (Some(prog), true) = (&p.seccomp, p.no_new_privileges) {
-        // As late as possible: the filter applies to every call after it.
+        // As late as possible: the filter applies to every call after it, so only execve runs
+        // under it (a profile may well deny close_range).
         sys.load_seccomp(prog)
             .map_err(|e| sys_err("load the seccomp filter", e))?;
     }
-    sys.close_on_exec_from(3 + keep)
-        .map_err(|e| sys_err("mark descriptors close-on-exec", e))?;
     let err = match sys.execve(program, &p.args, &p.env) {
         Err(e) => e,
         Ok(never) => match never {},

@@ -679,7 +679,21 @@ impl Plan {
         }
 
         let seccomp = match linux.seccomp() {
-            Some(s) => Some(SeccompProgram::compile(s)?),
+            Some(s) => {
+                let prog = SeccompProgram::compile(s)?;
+                if prog.uses_notify() {
+                    // The listener would have to travel back to the parent and on to the
+                    // agent at listenerPath; until that exists, refuse rather than have every
+                    // notifying syscall fail with ENOSYS.
+                    return Err(Error::not_implemented(
+                        "seccomp SCMP_ACT_NOTIFY (linux.seccomp.listenerPath) is not supported yet",
+                    ));
+                }
+                for w in prog.warnings() {
+                    tracing::warn!("seccomp: {w}");
+                }
+                Some(prog)
+            }
             None => None,
         };
         let process = spec

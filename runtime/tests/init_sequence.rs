@@ -318,8 +318,8 @@ fn the_whole_sequence_runs_in_order() {
     assert_eq!(tail[8], Call::Umask(0o022));
     assert_eq!(tail[9], Call::Mark("wait for start".into()));
     assert_eq!(tail[10], Call::Mark("startContainer hooks".into()));
-    assert!(matches!(tail[11], Call::LoadSeccomp(n) if n > 0));
-    assert_eq!(tail[12], Call::CloseOnExecFrom(3));
+    assert_eq!(tail[11], Call::CloseOnExecFrom(3));
+    assert!(matches!(tail[12], Call::LoadSeccomp(n) if n > 0));
     match &tail[13] {
         Call::Execve(path, args, env) => {
             assert_eq!(path, "/usr/bin/sh");
