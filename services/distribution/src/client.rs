@@ -307,6 +307,40 @@ async fn registry_message(resp: Response) -> String {
     }
 }
 
+/// A layer URL from a descriptor's `urls`: only `http` and `https` are fetched, as the image
+/// spec and containerd allow.
+fn layer_url(url: &str, what: &str) -> Result<reqwest::Url> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Error::invalid_argument(format!("{what}: invalid URL {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::invalid_argument(format!(
+            "{what}: URL {url:?} is not http or https"
+        )));
+    }
+    Ok(parsed)
+}
+
+/// Refuses a 206 answer whose range does not start at `offset`: only a range starting where
+/// the ingest is can be appended.
+fn check_range(resp: Response, offset: u64, what: &str) -> Result<Response> {
+    if resp.status() == StatusCode::PARTIAL_CONTENT {
+        let start = header_str(&resp, CONTENT_RANGE).and_then(|r| {
+            r.strip_prefix("bytes ")?
+                .split('-')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        });
+        if start != Some(offset) {
+            return Err(Error::data_loss(format!(
+                "{what}: asked for bytes from {offset}, the server sent a range starting at \
+                 {start:?}"
+            )));
+        }
+    }
+    Ok(resp)
+}
+
 fn digest_param(url: &str, digest: &Digest) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}digest=sha256%3A{}", digest.hex())
@@ -693,23 +727,32 @@ impl Repository {
             })
             .await?;
         let resp = self.check(what, resp).await?;
-        if resp.status() == StatusCode::PARTIAL_CONTENT {
-            // Only a range starting where we are can be appended.
-            let start = header_str(&resp, CONTENT_RANGE).and_then(|r| {
-                r.strip_prefix("bytes ")?
-                    .split('-')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            });
-            if start != Some(offset) {
-                return Err(Error::data_loss(format!(
-                    "{what}: asked for bytes from {offset}, the registry sent a range starting \
-                     at {start:?}"
-                )));
-            }
+        check_range(resp, offset, what)
+    }
+
+    /// Starts downloading a blob from one of the `urls` its descriptor lists (a foreign or
+    /// non-distributable layer), at `offset` as [`Self::get_blob`] does. Only `http` and
+    /// `https` URLs are tried, and never with this repository's credentials: the URL may be
+    /// anyone's. The caller checks the digest, as for any blob.
+    pub async fn get_url(&self, url: &str, offset: u64, what: &str) -> Result<Response> {
+        let mut req = self.client.http.get(layer_url(url, what)?);
+        if offset > 0 {
+            req = req.header(RANGE, format!("bytes={offset}-"));
         }
-        Ok(resp)
+        let resp = req.send().await.map_err(|e| {
+            Error::unavailable(format!("{what}: cannot reach {url}")).with_source(e)
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let msg = registry_message(resp).await;
+            let text = format!("{what}: {url} answered {status}{msg}");
+            return Err(match status.as_u16() {
+                404 => Error::not_found(text),
+                401 | 403 => Error::new(ErrorKind::PermissionDenied, text),
+                _ => Error::unavailable(text),
+            });
+        }
+        check_range(resp, offset, what)
     }
 
     /// Whether the repository has blob `digest`.
@@ -922,6 +965,23 @@ mod tests {
             "a bare name covers every port"
         );
         assert_eq!(client.url_scheme("registry-1.docker.io"), "https");
+    }
+
+    #[test]
+    fn only_http_layer_urls_are_fetched() {
+        for ok in ["http://cdn.example/l", "https://cdn.example:8443/a/b?x=1"] {
+            assert_eq!(layer_url(ok, "l").unwrap().as_str(), ok);
+        }
+        for bad in [
+            "ftp://cdn.example/l",
+            "file:///etc/passwd",
+            "cdn.example/l",
+            "",
+        ] {
+            let err = layer_url(bad, "layer x").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
+            assert!(err.to_string().starts_with("layer x: "), "{err}");
+        }
     }
 
     #[test]

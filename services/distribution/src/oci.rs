@@ -28,6 +28,14 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";
 
+/// Whether a layer of `media_type` is non-distributable: OCI's `nondistributable` layers and
+/// Docker's foreign ones, which registries need not hold and pushes do not upload (they are
+/// downloaded from the URLs their descriptors list).
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+}
+
 /// containerd's prefix of the label naming where a blob was pulled from.
 pub const LABEL_DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source";
 /// The prefix of the label that keeps an image's top snapshot alive from its config.
@@ -122,6 +130,9 @@ pub struct JsonDescriptor {
     /// The platform (index entries).
     #[serde(default)]
     pub platform: Option<JsonPlatform>,
+    /// Where else the blob may be downloaded from (foreign / non-distributable layers).
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
 }
 
 impl JsonDescriptor {
@@ -217,6 +228,9 @@ pub struct Manifest {
     pub config: Descriptor,
     /// The layers, lowest first.
     pub layers: Vec<Descriptor>,
+    /// The `urls` of the layers that list any, by digest: where a layer the registry does
+    /// not serve (a foreign or non-distributable one) can be downloaded instead.
+    pub urls: BTreeMap<Digest, Vec<String>>,
 }
 
 fn check_schema(
@@ -282,7 +296,19 @@ pub fn parse_manifest(body: &[u8], declared: &str, what: &str) -> Result<Manifes
         .enumerate()
         .map(|(i, l)| l.to_descriptor(&format!("{what}: layers[{i}]")))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Manifest { config, layers })
+    let urls = layers
+        .iter()
+        .zip(&raw.layers)
+        .filter_map(|(desc, raw)| {
+            let urls = raw.urls.as_ref().filter(|u| !u.is_empty())?;
+            Some((desc.digest.clone(), urls.clone()))
+        })
+        .collect();
+    Ok(Manifest {
+        config,
+        layers,
+        urls,
+    })
 }
 
 /// The diffIDs of an image config (`rootfs.diff_ids`).
@@ -586,6 +612,7 @@ mod tests {
         let m = Manifest {
             config: d(9),
             layers: vec![d(1), d(2)],
+            urls: BTreeMap::new(),
         };
         let l = manifest_labels(&m);
         assert_eq!(
@@ -622,6 +649,46 @@ mod tests {
         assert_eq!(chain[0], a);
         assert_eq!(chain[1], Digest::of(format!("{a} {b}").as_bytes()));
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn foreign_layers_keep_their_urls() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{MEDIA_TYPE_OCI_CONFIG}","digest":"{}","size":3}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":4}},{{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","digest":"{}","size":5,"urls":["https://a.example/l","http://b.example/l"]}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":6,"urls":[]}}]}}"#,
+            Digest::of(b"c"),
+            Digest::of(b"l1"),
+            Digest::of(b"l2"),
+            Digest::of(b"l3"),
+        );
+        let m = parse_manifest(body.as_bytes(), MEDIA_TYPE_OCI_MANIFEST, "m").unwrap();
+        assert_eq!(m.layers.len(), 3);
+        assert_eq!(
+            m.urls,
+            BTreeMap::from([(
+                Digest::of(b"l2"),
+                vec![
+                    "https://a.example/l".to_owned(),
+                    "http://b.example/l".to_owned()
+                ]
+            )]),
+            "only layers with URLs are listed"
+        );
+
+        for yes in [
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        ] {
+            assert!(is_non_distributable(yes), "{yes}");
+        }
+        for no in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            MEDIA_TYPE_OCI_CONFIG,
+        ] {
+            assert!(!is_non_distributable(no), "{no}");
+        }
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Puller<'_> {
             .fetch_manifests(&root, resolved.body, &wanted, req.all_platforms)
             .await?;
 
-        let mut jobs: Vec<(Descriptor, BlobKind)> = Vec::new();
+        let mut jobs: Vec<(Descriptor, BlobKind, Vec<String>)> = Vec::new();
         let mut seen = HashSet::new();
         for plan in &plans {
             let m = &plan.manifest;
@@ -168,15 +168,16 @@ impl Puller<'_> {
                 )));
             }
             if seen.insert(m.config.digest.clone()) {
-                jobs.push((m.config.clone(), BlobKind::Config));
+                jobs.push((m.config.clone(), BlobKind::Config, Vec::new()));
             }
             for layer in &m.layers {
                 if seen.insert(layer.digest.clone()) {
-                    jobs.push((layer.clone(), BlobKind::Layer));
+                    let urls = m.urls.get(&layer.digest).cloned().unwrap_or_default();
+                    jobs.push((layer.clone(), BlobKind::Layer, urls));
                 }
             }
         }
-        for (desc, _) in &jobs {
+        for (desc, _, _) in &jobs {
             self.emit(desc, BlobState::Waiting, 0);
         }
 
@@ -184,7 +185,7 @@ impl Puller<'_> {
         let fetch_all = async {
             let fetches = jobs
                 .into_iter()
-                .map(|(desc, kind)| self.fetch_blob(desc, kind));
+                .map(|(desc, kind, urls)| self.fetch_blob(desc, kind, urls));
             let mut fetches = futures::stream::iter(fetches)
                 .buffer_unordered(self.t.options.max_concurrent_downloads);
             while let Some(digest) = fetches.next().await {
@@ -422,9 +423,56 @@ impl Puller<'_> {
         .await
     }
 
+    /// Starts downloading a blob at `offset`: from the registry, else (a foreign or
+    /// non-distributable layer the registry does not serve) from the `urls` its descriptor
+    /// lists, in order, as the image spec says. Returns the response and whether it came from
+    /// the registry.
+    async fn open_blob(
+        &self,
+        desc: &Descriptor,
+        offset: u64,
+        urls: &[String],
+        what: &str,
+    ) -> Result<(reqwest::Response, bool)> {
+        let registry_err = match self.repo.get_blob(&desc.digest, offset, what).await {
+            Ok(resp) => return Ok((resp, true)),
+            Err(e) if urls.is_empty() => return Err(e),
+            Err(e) => e,
+        };
+        // Each error names `what` first; the combined message names it once.
+        let prefix = format!("{what}: ");
+        let reason = |e: &Error| {
+            let text = e.to_string();
+            text.strip_prefix(&prefix).unwrap_or(&text).to_owned()
+        };
+        let mut tried = vec![reason(&registry_err)];
+        for url in urls {
+            match self.repo.get_url(url, offset, what).await {
+                Ok(resp) => {
+                    tracing::debug!(url, digest = %desc.digest, "fetching a layer from its URL");
+                    return Ok((resp, false));
+                }
+                Err(e) => tried.push(reason(&e)),
+            }
+        }
+        Err(Error::new(
+            registry_err.kind(),
+            format!(
+                "{what}: neither the registry nor the layer's {} URL(s) could serve it: {}",
+                urls.len(),
+                tried.join("; ")
+            ),
+        ))
+    }
+
     /// Streams one blob into the content store, resuming its ingest; returns its digest once
     /// committed (or found already there).
-    async fn fetch_blob(&self, desc: Descriptor, kind: BlobKind) -> Result<Digest> {
+    async fn fetch_blob(
+        &self,
+        desc: Descriptor,
+        kind: BlobKind,
+        urls: Vec<String>,
+    ) -> Result<Digest> {
         let kind = kind.as_str();
         let what = format!("{}: {kind} {}", self.name, desc.digest);
         let size = desc.size;
@@ -447,15 +495,20 @@ impl Puller<'_> {
         let (mut writer, mut offset) = match opened {
             Ok(opened) => opened,
             Err(e) if e.is(ErrorKind::AlreadyExists) => {
-                self.add_source(&desc.digest).await?;
+                if urls.is_empty() {
+                    self.add_source(&desc.digest).await?;
+                }
                 self.emit(&desc, BlobState::Exists, size);
                 return Ok(desc.digest);
             }
             Err(e) => return Err(e.context(&what)),
         };
         self.emit(&desc, BlobState::Transferring, offset);
+        // Blobs from a layer's own URLs are not in the registry: no source label says they are.
+        let mut from_registry = true;
         if offset < size {
-            let resp = self.repo.get_blob(&desc.digest, offset, &what).await?;
+            let (resp, registry) = self.open_blob(&desc, offset, &urls, &what).await?;
+            from_registry = registry;
             if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
                 // The registry ignored the range and sends everything: start over.
                 writer = blocking(move || writer.truncate().map(|()| writer)).await?;
@@ -511,7 +564,11 @@ impl Puller<'_> {
                 "{what}: the registry ended the blob after {offset} of {size} bytes"
             )));
         }
-        let labels = Labels::from([(self.source_key.clone(), self.repo.name().to_owned())]);
+        let labels = if from_registry {
+            Labels::from([(self.source_key.clone(), self.repo.name().to_owned())])
+        } else {
+            Labels::new()
+        };
         let digest = desc.digest.clone();
         let committed = blocking(move || {
             let got = writer.digest();
@@ -527,7 +584,11 @@ impl Puller<'_> {
         .await;
         match committed {
             Ok(_) => {}
-            Err(e) if e.is(ErrorKind::AlreadyExists) => self.add_source(&desc.digest).await?,
+            Err(e) if e.is(ErrorKind::AlreadyExists) => {
+                if from_registry {
+                    self.add_source(&desc.digest).await?;
+                }
+            }
             Err(e) => return Err(e.context(&what)),
         }
         self.emit(&desc, BlobState::Done, size);

@@ -15,8 +15,8 @@ use futures::StreamExt as _;
 
 use crate::client::{MountOutcome, Repository};
 use crate::oci::{
-    MAX_MANIFEST_SIZE, ManifestKind, classify, match_score, parse_index, parse_manifest,
-    source_label_key, source_repos,
+    MAX_MANIFEST_SIZE, ManifestKind, classify, is_non_distributable, match_score, parse_index,
+    parse_manifest, source_label_key, source_repos,
 };
 use crate::{RegistryTransfer, blocking, read_blob, read_full};
 
@@ -183,10 +183,9 @@ impl Pusher<'_> {
                 ManifestKind::Manifest => {
                     let manifest = parse_manifest(&body, &desc.media_type, &what)?;
                     for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-                        // Non-distributable layers stay where their URLs say, as Docker's rule.
-                        if blob.media_type.contains("nondistributable")
-                            || blob.media_type.contains(".foreign.")
-                        {
+                        // Non-distributable layers stay where their URLs say: never uploaded,
+                        // as Docker and containerd push them.
+                        if is_non_distributable(&blob.media_type) {
                             continue;
                         }
                         if !self.present(&blob.digest).await? {
