@@ -78,13 +78,16 @@ impl Registry {
 
     fn config(&self) -> String {
         // JSON strings are valid YAML double-quoted scalars: paths need no escaping rules here.
+        // Manifests whose layers list URLs (foreign layers) are refused unless URLs are
+        // allowed: any http(s) URL is, for the foreign-layer tests.
         let quote = |p: &Path| serde_json::Value::from(p.display().to_string()).to_string();
         let mut config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-{port}\n",
+             http:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-{port}\n\
+             validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n",
             storage = quote(&self.storage()),
             port = self.port,
         );

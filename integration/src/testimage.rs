@@ -345,6 +345,30 @@ impl TestImage {
         self
     }
 
+    /// The same one-platform image with layer `index` made non-distributable: its descriptor
+    /// gets `media_type` (e.g. `application/vnd.oci.image.layer.nondistributable.v1.tar+gzip`)
+    /// and lists `urls`. The layer's bytes, digest and diffID do not change; the manifest is
+    /// rewritten, so the image's digest does. A push with skopeo leaves such a layer out, as
+    /// registries expect: the registry then does not have it.
+    pub fn with_foreign_layer(mut self, index: usize, media_type: &str, urls: &[String]) -> Self {
+        assert_eq!(self.manifests.len(), 1, "one-platform images only");
+        let old = self.manifests[0].descriptor.clone();
+        assert_eq!(self.root.digest, old.digest, "the root is the manifest");
+        let mut manifest: Value = serde_json::from_slice(self.blob(&old.digest)).expect("manifest");
+        manifest["layers"][index]["mediaType"] = json!(media_type);
+        manifest["layers"][index]["urls"] = json!(urls);
+        self.blobs.remove(&old.digest);
+        let layer = &mut self.manifests[0].layers[index];
+        layer.descriptor.media_type = media_type.to_owned();
+        if let Some(entry) = self.blobs.get_mut(&layer.descriptor.digest) {
+            media_type.clone_into(&mut entry.0);
+        }
+        let descriptor = add_blob(&mut self.blobs, MEDIA_TYPE_MANIFEST, to_json(&manifest));
+        self.manifests[0].descriptor = descriptor.clone();
+        self.root = descriptor;
+        self
+    }
+
     /// The tag part of [`Self::name`] (`latest` when it has none): the layout's ref name.
     pub fn ref_name(&self) -> &str {
         let last = self.name.rsplit('/').next().unwrap_or(&self.name);

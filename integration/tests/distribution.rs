@@ -4,7 +4,9 @@
 //!
 //! Pulls unpack and the tree is compared with the test image's; labels are checked by letting
 //! GC run; pushes are checked with skopeo. Bad registries are made by tampering with the
-//! registry's storage or with a tiny fake HTTP server.
+//! registry's storage, with a tiny fake HTTP server, or with a fault-injecting proxy in front
+//! of the real registry (500s, resets, truncated bodies). The fake server also plays the
+//! outside host a foreign layer's URLs point at.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1029,4 +1031,522 @@ async fn bearer_token_flow() {
         .filter(|r| r.headers.get("authorization").map(String::as_str) == Some("Bearer tok-1"))
         .count();
     assert!(with_token >= 2, "{:?}", server.requests());
+}
+
+// ---- A fault-injecting proxy in front of the real registry. ----
+
+/// What the proxy does to one request it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Answers 500 with a registry-style error body, without asking the registry.
+    Status500,
+    /// Forwards the registry's answer, but resets the connection (TCP RST) after this many
+    /// bytes of the body.
+    ResetAfter(usize),
+    /// Forwards the registry's answer, but closes the connection cleanly after this many bytes
+    /// of the body: a body shorter than its Content-Length.
+    CloseAfter(usize),
+}
+
+/// One request the proxy saw, and the fault it applied.
+#[derive(Debug, Clone)]
+struct Proxied {
+    method: String,
+    target: String,
+    range: Option<String>,
+    fault: Option<Fault>,
+}
+
+/// A one-request-per-connection HTTP/1.1 forwarder on a free 127.0.0.1 port. A fault armed for
+/// a path applies to the next GET whose target ends with it, once.
+struct FaultProxy {
+    addr: SocketAddr,
+    armed: Arc<Mutex<Vec<(String, Fault)>>>,
+    log: Arc<Mutex<Vec<Proxied>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed: Arc<Mutex<Vec<(String, Fault)>>> = Arc::default();
+        let log: Arc<Mutex<Vec<Proxied>>> = Arc::default();
+        let (task_armed, task_log) = (Arc::clone(&armed), Arc::clone(&log));
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (armed, log) = (Arc::clone(&task_armed), Arc::clone(&task_log));
+                tokio::spawn(async move {
+                    let _ = proxy_one(sock, upstream, armed, log).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            armed,
+            log,
+            task,
+        }
+    }
+
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Applies `fault` to the next GET whose target ends with `path_suffix`.
+    fn arm(&self, path_suffix: &str, fault: Fault) {
+        self.armed
+            .lock()
+            .unwrap()
+            .push((path_suffix.to_owned(), fault));
+    }
+
+    fn log(&self) -> Vec<Proxied> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Reads an HTTP head (through the blank line); returns it and any bytes read past it.
+async fn read_head(sock: &mut tokio::net::TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(pos + 4);
+            return Ok((String::from_utf8_lossy(&buf).into_owned(), rest));
+        }
+        assert!(buf.len() < 64 << 10, "HTTP head too long");
+    }
+}
+
+/// The head with every `Connection`/`Keep-Alive` header replaced by `Connection: close`, so
+/// that each side ends the exchange by closing: the proxy then never parses bodies.
+fn close_after(head: &str) -> String {
+    let mut lines: Vec<&str> = head
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or_default().trim();
+            !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("keep-alive")
+        })
+        .collect();
+    lines.push("Connection: close");
+    format!("{}\r\n\r\n", lines.join("\r\n"))
+}
+
+async fn proxy_one(
+    mut client: tokio::net::TcpStream,
+    upstream: SocketAddr,
+    armed: Arc<Mutex<Vec<(String, Fault)>>>,
+    log: Arc<Mutex<Vec<Proxied>>>,
+) -> std::io::Result<()> {
+    let (head, early_body) = read_head(&mut client).await?;
+    let mut request_line = head.split("\r\n").next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let target = request_line.next().unwrap_or_default().to_owned();
+    let range = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
+        .map(|(_, v)| v.trim().to_owned());
+    let fault = {
+        let mut armed = armed.lock().unwrap();
+        let hit = armed
+            .iter()
+            .position(|(suffix, _)| method == "GET" && target.ends_with(suffix.as_str()));
+        hit.map(|i| armed.remove(i).1)
+    };
+    log.lock().unwrap().push(Proxied {
+        method: method.clone(),
+        target,
+        range,
+        fault,
+    });
+    if fault == Some(Fault::Status500) {
+        let body = r#"{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}"#;
+        let resp = format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(resp.as_bytes()).await?;
+        return client.shutdown().await;
+    }
+    // Pull requests have no bodies: what came with the head is all there is.
+    let mut registry = tokio::net::TcpStream::connect(upstream).await?;
+    registry.write_all(close_after(&head).as_bytes()).await?;
+    registry.write_all(&early_body).await?;
+    let (resp_head, mut body) = read_head(&mut registry).await?;
+    client.write_all(close_after(&resp_head).as_bytes()).await?;
+    let limit = match fault {
+        Some(Fault::ResetAfter(n) | Fault::CloseAfter(n)) => n,
+        _ => usize::MAX,
+    };
+    let mut sent = 0usize;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        if body.is_empty() {
+            let n = registry.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let n = body.len().min(limit - sent);
+        client.write_all(&body[..n]).await?;
+        body.drain(..n);
+        sent += n;
+        if sent == limit {
+            break;
+        }
+    }
+    if matches!(fault, Some(Fault::ResetAfter(_))) {
+        // Unsent data is dropped with a reset: give the client time to take what was sent.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A zero linger makes the close send RST, the way a crashed peer or middlebox does;
+        // it never blocks (the deprecation warns about non-zero lingers).
+        #[allow(deprecated)]
+        client.set_linger(Some(Duration::ZERO))?;
+        drop(client);
+        return Ok(());
+    }
+    client.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_faults_fail_the_pull_clearly_and_a_retry_resumes() {
+    let registry = Registry::start();
+    let image = TestImage::three_layer();
+    image.push(&registry, "faulty/three", "v1");
+    let proxy = FaultProxy::start(([127, 0, 0, 1], registry.port()).into()).await;
+    let reference = format!("{}/faulty/three:v1", proxy.host());
+    let config = image.config().digest.clone();
+    let base = image.layers()[0].descriptor.clone();
+    let middle = image.layers()[1].descriptor.clone();
+    let top = image.layers()[2].descriptor.clone();
+    let blob_path = |d: &Digest| format!("/v2/faulty/three/blobs/{d}");
+    // One download at a time, in manifest order (config, base, middle, top): each fault hits
+    // a known point and no other download is cut short with it.
+    let s = stack_with(TransferOptions {
+        max_concurrent_downloads: 1,
+        ..Default::default()
+    });
+    let ingest_offset = |s: &Stack| {
+        ContentStore::list_statuses(&*s.md, &s.ctx, &Filters::parse::<&str>(&[]).unwrap())
+            .unwrap()
+            .into_iter()
+            .find(|st| st.reference == format!("layer-{}", base.digest))
+            .map(|st| st.offset)
+    };
+    // Nothing half-pulled becomes an image, and the top snapshot (the image's) never exists.
+    let assert_no_image = |s: &Stack, what: &str| {
+        let err = ImageStore::get(&*s.md, &s.ctx, &reference).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{what}: {err}");
+        let top_chain = image.chain_ids().last().unwrap().clone();
+        assert!(!s.committed(&top_chain), "{what}: the top snapshot exists");
+        assert!(
+            s.leases().is_empty(),
+            "{what}: a failed pull deletes its lease"
+        );
+    };
+
+    // 1. The connection is reset in the middle of the base layer.
+    let cut = 300_000;
+    assert!(
+        base.size > 2 * cut as u64,
+        "the base layer is big enough to cut twice"
+    );
+    proxy.arm(&blob_path(&base.digest), Fault::ResetAfter(cut));
+    let (result, _) = s.pull(pull_req(&reference)).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let kept = ingest_offset(&s).expect("the cut layer's ingest is kept");
+    assert!(kept > 0 && kept <= cut as u64, "kept {kept} of {cut} bytes");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("layer {}", base.digest)), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "download interrupted at {kept} of {} bytes",
+            base.size
+        )),
+        "{msg}"
+    );
+    assert!(
+        s.has_blob(&config),
+        "the config arrived whole and was committed"
+    );
+    assert!(!s.has_blob(&base.digest));
+    assert_no_image(&s, "after the reset");
+
+    // 2. The registry closes cleanly but early: a body shorter than its Content-Length. The
+    // download resumes from the kept bytes (a Range request), and is cut again.
+    let second_cut = 200_000;
+    proxy.arm(&blob_path(&base.digest), Fault::CloseAfter(second_cut));
+    let (result, events) = s.pull(pull_req(&reference)).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let reached = kept + second_cut as u64;
+    assert!(
+        err.to_string().contains(&format!(
+            "{}: layer {}: download interrupted at {reached} of {} bytes",
+            reference, base.digest, base.size
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        states(&events, &config)[..2],
+        [BlobState::Waiting, BlobState::Exists]
+    );
+    assert_eq!(offsets(&events, &base.digest).first(), Some(&kept));
+    let asked = proxy
+        .log()
+        .iter()
+        .rev()
+        .find(|r| r.target == blob_path(&base.digest))
+        .and_then(|r| r.range.clone());
+    assert_eq!(asked, Some(format!("bytes={kept}-")));
+    assert_eq!(ingest_offset(&s), Some(reached));
+    assert_no_image(&s, "after the truncation");
+
+    // 3. The registry answers 500 for the top layer: the base layer completes from where it
+    // was, the middle one arrives, and the pull fails naming the blob, the registry and the
+    // status.
+    proxy.arm(&blob_path(&top.digest), Fault::Status500);
+    let (result, events) = s.pull(pull_req(&reference)).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "{reference}: layer {}: {} answered 500 Internal Server Error: UNKNOWN: injected \
+             failure",
+            top.digest,
+            proxy.host()
+        )),
+        "{msg}"
+    );
+    assert_eq!(offsets(&events, &base.digest).first(), Some(&reached));
+    assert!(s.has_blob(&base.digest) && s.has_blob(&middle.digest));
+    assert!(!s.has_blob(&top.digest), "the refused layer is not stored");
+    assert_no_image(&s, "after the 500");
+
+    // 4. The registry is healthy again: the pull completes and downloads only the top layer.
+    let before = proxy.log().len();
+    let (result, events) = s.pull(pull_req(&reference)).await;
+    let pulled = result.unwrap_or_else(|e| panic!("retry: {e}\n{}", registry.log()));
+    assert_eq!(pulled.target.digest, image.root.digest);
+    for digest in [&config, &base.digest, &middle.digest] {
+        assert_eq!(
+            states(&events, digest)[..2],
+            [BlobState::Waiting, BlobState::Exists],
+            "{digest} was not fetched again"
+        );
+    }
+    let fetched: Vec<Proxied> = proxy.log()[before..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.target.contains("/blobs/"))
+        .cloned()
+        .collect();
+    assert_eq!(fetched.len(), 1, "only the top layer: {fetched:?}");
+    assert_eq!(fetched[0].target, blob_path(&top.digest));
+    assert_eq!(fetched[0].fault, None);
+    s.check_rootfs(image.chain_ids().last().unwrap(), &image.expected_rootfs());
+    assert!(
+        ContentStore::list_statuses(&*s.md, &s.ctx, &Filters::parse::<&str>(&[]).unwrap())
+            .unwrap()
+            .is_empty(),
+        "no ingest left"
+    );
+}
+
+/// The status of `HEAD /v2/<repo>/blobs/<digest>`: whether the registry has the blob.
+fn blob_status(registry: &Registry, repo: &str, digest: &Digest) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", registry.port())).unwrap();
+    write!(
+        sock,
+        "HEAD /v2/{repo}/blobs/{digest} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        registry.host()
+    )
+    .unwrap();
+    let mut head = String::new();
+    sock.read_to_string(&mut head).unwrap();
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"))
+}
+
+const NON_DISTRIBUTABLE_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_layers_come_from_their_urls_and_are_never_pushed() {
+    use berth_integration::testimage::{Node, base_layer};
+
+    let plain = TestImage::from_layers(
+        "berth.test/foreign:latest",
+        vec![
+            base_layer(),
+            vec![
+                ("licensed".to_owned(), Node::dir(0o755)),
+                (
+                    "licensed/blob".to_owned(),
+                    Node::file(0o644, "not ours to share\n"),
+                ),
+            ],
+        ],
+    );
+    let layer = plain.layers()[1].descriptor.clone();
+    let bytes = plain.blob(&layer.digest).to_vec();
+    let mut corrupt = bytes.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    // The layer's own server: one URL serves it, one has nothing, one serves other bytes.
+    let server = FakeServer::start(move |req| match req.target.as_str() {
+        "/layers/good" => FakeResponse::new(200, &[], bytes.clone()),
+        "/layers/bad" => FakeResponse::new(200, &[], corrupt.clone()),
+        _ => FakeResponse::new(404, &[], "no such layer"),
+    })
+    .await;
+    let url = |path: &str| format!("http://{}/layers/{path}", server.host());
+    let foreign = |urls: &[String]| {
+        plain
+            .clone()
+            .with_foreign_layer(1, NON_DISTRIBUTABLE_GZIP, urls)
+    };
+    let registry = Registry::start();
+    let layer_status = |registry: &Registry, repo: &str| blob_status(registry, repo, &layer.digest);
+
+    // The registry does not have the layer; its URLs are tried in order until one serves it.
+    // (A registry refuses manifests with other than http(s) URLs; the unit tests of the
+    // client cover skipping them.)
+    let image = foreign(&[url("missing"), url("good")]);
+    let reference = image.push(&registry, "foreign/img", "v1");
+    assert_eq!(
+        layer_status(&registry, "foreign/img"),
+        404,
+        "the push left it out"
+    );
+    let s = stack();
+    let (result, events) = s.pull(pull_req(&reference)).await;
+    let pulled = result.unwrap_or_else(|e| panic!("pull {reference}: {e}\n{}", registry.log()));
+    assert_eq!(pulled.target.digest, image.root.digest);
+    let asked: Vec<String> = server.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(asked, ["/layers/missing", "/layers/good"]);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| !r.headers.contains_key("authorization")),
+        "no credentials go to a layer's URL"
+    );
+    assert!(states(&events, &layer.digest).contains(&BlobState::Done));
+    let labels = s.labels(&layer.digest);
+    assert!(
+        !labels.contains_key(SOURCE_LABEL),
+        "the registry is not where it came from: {labels:?}"
+    );
+    assert_eq!(
+        labels["containerd.io/uncompressed"],
+        plain.layers()[1].diff_id.to_string()
+    );
+    s.check_rootfs(image.chain_ids().last().unwrap(), &image.expected_rootfs());
+
+    // A push leaves the layer where its URLs point: the registry gets the manifest, the
+    // config and the base layer, never the foreign layer.
+    let other = Registry::start();
+    let dest = other.reference("copy/img", "v1");
+    let (result, events) = s
+        .push(PushRequest {
+            image: reference.clone(),
+            reference: dest.clone(),
+            ..Default::default()
+        })
+        .await;
+    result.unwrap_or_else(|e| panic!("push {dest}: {e}\n{}", other.log()));
+    assert!(states(&events, &layer.digest).is_empty(), "{events:?}");
+    assert_eq!(
+        layer_status(&other, "copy/img"),
+        404,
+        "the layer was uploaded"
+    );
+    let base = &image.layers()[0].descriptor.digest;
+    assert_eq!(
+        blob_status(&other, "copy/img", base),
+        200,
+        "the base layer was not uploaded"
+    );
+    let raw = other.inspect("copy/img:v1", true);
+    assert!(raw.output.status.success(), "{}", raw.stderr());
+    let raw_bytes = raw.output.stdout.clone();
+    let trimmed = raw_bytes.strip_suffix(b"\n").unwrap_or(&raw_bytes);
+    assert_eq!(Digest::of(trimmed), image.root.digest, "the same manifest");
+    // And what was pushed pulls again, the layer coming from its URL.
+    let fresh = stack();
+    let (result, _) = fresh.pull(pull_req(&dest)).await;
+    assert_eq!(result.unwrap().target.digest, image.root.digest);
+    fresh.check_rootfs(image.chain_ids().last().unwrap(), &image.expected_rootfs());
+
+    // A URL serving other bytes: the digest check refuses them and nothing is kept.
+    let image = foreign(&[url("bad")]);
+    let bad_ref = image.push(&registry, "foreign/bad", "v1");
+    let s = stack();
+    let (result, _) = s.pull(pull_req(&bad_ref)).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("digest mismatch: expected {}", layer.digest)),
+        "{err}"
+    );
+    assert!(!s.has_blob(&layer.digest));
+    assert!(ImageStore::get(&*s.md, &s.ctx, &bad_ref).is_err());
+
+    // Neither the registry nor any URL has it: the error says what each answered.
+    let image = foreign(&[url("missing")]);
+    let gone_ref = image.push(&registry, "foreign/gone", "v1");
+    let (result, _) = s.pull(pull_req(&gone_ref)).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "{gone_ref}: layer {}: neither the registry nor the layer's 1 URL(s) could serve it",
+            layer.digest
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("BLOB_UNKNOWN"), "the registry's answer: {msg}");
+    assert!(
+        msg.contains(&format!("{} answered 404 Not Found", url("missing"))),
+        "the URL's answer: {msg}"
+    );
+
+    // The registry comes first: where it has the layer, the URLs are not asked.
+    plain.push(&registry, "foreign/both", "plain");
+    let image = foreign(&[url("good")]);
+    let both_ref = image.push(&registry, "foreign/both", "v1");
+    assert_eq!(layer_status(&registry, "foreign/both"), 200);
+    let before = server.requests().len();
+    let s = stack();
+    let (result, _) = s.pull(pull_req(&both_ref)).await;
+    assert_eq!(result.unwrap().target.digest, image.root.digest);
+    assert_eq!(server.requests().len(), before, "a URL was asked");
+    assert_eq!(
+        s.labels(&layer.digest)
+            .get(SOURCE_LABEL)
+            .map(String::as_str),
+        Some("foreign/both")
+    );
 }
