@@ -167,3 +167,122 @@ fn a_pull_cut_by_sigkill_completes_after_restart_reusing_finished_blobs() {
         "top layer not unpacked:\n{snapshots}"
     );
 }
+
+/// Runs berthctl against `d` with `DOCKER_CONFIG` (and `HOME`) pointing at `config_dir`, so the
+/// test's credentials never touch the user's, feeding `stdin` when given.
+fn berthctl_in(
+    d: &Daemon,
+    config_dir: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> berth_integration::CmdOutput {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(berth_integration::bin("berthctl"));
+    cmd.arg("--address")
+        .arg(d.socket())
+        .args(args)
+        .env("DOCKER_CONFIG", config_dir)
+        .env("HOME", config_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let command = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(data) = stdin {
+        input.write_all(data).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    berth_integration::CmdOutput { command, output }
+}
+
+#[test]
+fn berthctl_login_lets_the_daemon_pull_and_push_and_logout_takes_it_back() {
+    use berth_integration::mode_of;
+
+    let registry = Registry::start_with_auth("berth", "s3cret");
+    let image = TestImage::one_layer();
+    let reference = image.push(&registry, "private/one", "v1");
+    let host = registry.host();
+    let copy = format!("{host}/private/copy:v1");
+    let d = Daemon::start();
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.json");
+    let run = |args: &[&str]| berthctl_in(&d, home.path(), args, None);
+    let login = |password: &str| {
+        berthctl_in(
+            &d,
+            home.path(),
+            &["login", &host, "-u", "berth", "--password-stdin"],
+            Some(format!("{password}\n").as_bytes()),
+        )
+    };
+    let unauthorized = |err: &str| {
+        assert!(
+            err.contains(&format!("authentication required for {host}"))
+                && err.contains("permission denied"),
+            "not an unauthorized error:\n{err}"
+        );
+    };
+
+    // Not logged in: the registry refuses the daemon, and the client says so.
+    unauthorized(&run(&["pull", &reference]).fails());
+    assert!(!config.exists(), "a failed pull writes no credentials");
+
+    // A wrong password is stored (login checks nothing), and refused at the pull.
+    login("wrong").ok();
+    let err = run(&["pull", &reference]).fails();
+    assert!(
+        err.contains(&format!("authentication failed for {host}")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong"),
+        "the secret leaks into the error:\n{err}"
+    );
+
+    // The right one: stored 0600 in the docker-style file, replacing the wrong one.
+    let out = login("s3cret").ok();
+    assert!(
+        out.contains(&format!("Credentials for {host} stored")),
+        "{out}"
+    );
+    assert_eq!(mode_of(&config), 0o600);
+    let stored: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let expected_auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("berth:s3cret")
+    };
+    assert_eq!(
+        stored["auths"],
+        serde_json::json!({ host.clone(): { "auth": expected_auth } })
+    );
+
+    // The daemon pulls with them, unpacks, and pushes to another repository.
+    run(&["pull", &reference]).ok();
+    let listed = run(&["images"]).ok();
+    assert!(listed.contains(&reference), "{listed}");
+    let top = image.chain_ids().last().unwrap().to_string();
+    let snapshots = d.ctr(&["snapshots", "ls"]).ok();
+    assert!(snapshots.contains(&top), "not unpacked:\n{snapshots}");
+    run(&["push", &reference, &copy]).ok();
+    let inspected: Value =
+        serde_json::from_str(&registry.inspect("private/copy:v1", false).ok()).unwrap();
+    assert_eq!(inspected["Digest"], image.root.digest.as_str());
+
+    // Logout removes the entry; pull and push are refused again.
+    let out = run(&["logout", &host]).ok();
+    assert!(
+        out.contains(&format!("Removed credentials for {host}")),
+        "{out}"
+    );
+    let stored: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert_eq!(stored["auths"], serde_json::json!({}), "{stored}");
+    assert_eq!(mode_of(&config), 0o600);
+    unauthorized(&run(&["pull", &reference]).fails());
+    unauthorized(&run(&["push", &reference, &copy]).fails());
+    let out = run(&["logout", &host]).ok();
+    assert!(out.contains(&format!("Not logged in to {host}")), "{out}");
+}
