@@ -10,14 +10,20 @@
 //! - [`content`]: content-store types and the raw ([`content::BlobStore`]) and namespaced
 //!   ([`content::ContentStore`]) traits.
 //! - [`leases`], [`namespaces`], [`gc`]: the metadata-side traits.
+//! - [`containers`]: container records and the [`containers::ContainerStore`] trait.
+//! - [`events`]: envelopes, topics and the publish / subscribe traits of the event bus.
+//! - [`any`]: [`AnyValue`], the opaque typed payload containers and events carry.
 //!
 //! Nothing here knows about gRPC, databases or syscalls: services adapt these traits to the wire,
 //! and backends implement them.
 
+pub mod any;
+pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod digest;
 pub mod error;
+pub mod events;
 pub mod filters;
 pub mod gc;
 pub mod identifiers;
@@ -32,9 +38,17 @@ pub mod snapshots;
 pub mod testsuite;
 pub mod transfer;
 
+use std::future::Future;
+use std::pin::Pin;
+
+pub use any::AnyValue;
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use identifiers::Namespace;
+
+/// A boxed future, so async trait methods can be used through trait objects without an
+/// async-trait crate.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Who is asking: the validated namespace and, when the caller holds one, the lease that every
 /// resource created by the request is attached to.

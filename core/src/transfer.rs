@@ -10,9 +10,6 @@
 //! The trait is asynchronous (it is network-bound); progress is reported through a callback so
 //! the gRPC layer can stream it to clients.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use crate::RequestContext;
 use crate::Result;
 use crate::diff::Descriptor;
@@ -162,8 +159,7 @@ pub enum Progress {
 /// Receives progress events; must be cheap (it is called from the transfer's tasks).
 pub type ProgressSink = Box<dyn Fn(Progress) + Send + Sync>;
 
-/// A boxed future, so [`Transfer`] can be used as a trait object without an async-trait crate.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// Pulls and pushes images (daemon side).
 pub trait Transfer: Send + Sync {
