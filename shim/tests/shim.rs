@@ -1,0 +1,406 @@
+//! berth-shim driven over its socket, with real containers (busybox-static rootfs), for the
+//! built-in runtime and for runc.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_shim_api as api;
+use bytes::BytesMut;
+use serde_json::json;
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A bundle with a busybox rootfs and a runc-like spec running `args`.
+struct Bundle {
+    dir: tempfile::TempDir,
+    id: String,
+    shim: Option<std::process::Child>,
+}
+
+impl Bundle {
+    fn new(args: &[&str], terminal: bool) -> Bundle {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for a in ["sh", "echo", "sleep", "cat", "true"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+        }
+        let id = format!(
+            "shim-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": terminal,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/bin"],
+                "cwd": "/",
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs"},
+            "hostname": "shim",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
+            ],
+            "linux": {
+                "cgroupsPath": format!("/berth-shim-test/{id}"),
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+            }
+        });
+        std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
+        Bundle {
+            dir,
+            id,
+            shim: None,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the shim and waits for its "ready".
+    fn start_shim(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth-shim"))
+            .args(["--id", &self.id, "--namespace", "test", "--bundle"])
+            .arg(self.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        self.shim = Some(child);
+    }
+
+    fn connect(&self) -> Client {
+        Client {
+            stream: UnixStream::connect(self.path().join("shim.sock")).unwrap(),
+            buf: BytesMut::new(),
+            next: 1,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        // The shim may already be gone or going: best effort, no reply awaited.
+        if let Ok(mut s) = UnixStream::connect(self.path().join("shim.sock")) {
+            let msg = api::ShimMessage {
+                kind: Some(api::shim_message::Kind::Request(api::Request {
+                    id: 1,
+                    body: Some(api::request::Body::Shutdown(api::ShutdownRequest {
+                        now: true,
+                    })),
+                })),
+            };
+            let _ = s.write_all(&api::encode_frame(&msg));
+        }
+        if let Some(mut s) = self.shim.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if s.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/memory/berth-shim-test/{}", self.id));
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    buf: BytesMut,
+    next: u64,
+    events: Vec<api::Event>,
+}
+
+impl Client {
+    fn read_msg(&mut self) -> api::ShimMessage {
+        loop {
+            if let Some(m) = api::decode_frame(&mut self.buf).unwrap() {
+                return m;
+            }
+            let mut b = [0u8; 4096];
+            let n = self.stream.read(&mut b).unwrap();
+            assert!(n > 0, "shim closed the connection");
+            self.buf.extend_from_slice(&b[..n]);
+        }
+    }
+
+    fn call(
+        &mut self,
+        body: api::request::Body,
+    ) -> Result<Option<api::response::Body>, api::ShimError> {
+        let id = self.next;
+        self.next += 1;
+        let msg = api::ShimMessage {
+            kind: Some(api::shim_message::Kind::Request(api::Request {
+                id,
+                body: Some(body),
+            })),
+        };
+        self.stream.write_all(&api::encode_frame(&msg)).unwrap();
+        loop {
+            match self.read_msg().kind {
+                Some(api::shim_message::Kind::Response(r)) if r.id == id => {
+                    return match r.error {
+                        Some(e) => Err(e),
+                        None => Ok(r.body),
+                    };
+                }
+                Some(api::shim_message::Kind::Event(e)) => self.events.push(e),
+                _ => {}
+            }
+        }
+    }
+
+    fn ok(&mut self, body: api::request::Body) -> Option<api::response::Body> {
+        self.call(body)
+            .unwrap_or_else(|e| panic!("{}: {}", e.kind, e.message))
+    }
+
+    fn wait(&mut self, exec_id: &str) -> api::ExitResponse {
+        match self.ok(api::request::Body::Wait(api::ProcessRef {
+            exec_id: exec_id.into(),
+        })) {
+            Some(api::response::Body::Exit(e)) => e,
+            other => panic!("wait: {other:?}"),
+        }
+    }
+
+    fn state(&mut self, exec_id: &str) -> api::StateResponse {
+        match self.ok(api::request::Body::State(api::ProcessRef {
+            exec_id: exec_id.into(),
+        })) {
+            Some(api::response::Body::State(s)) => s,
+            other => panic!("state: {other:?}"),
+        }
+    }
+}
+
+fn create(b: &Bundle, c: &mut Client, stdio: api::Stdio, runtime: &str) -> u32 {
+    match c.ok(api::request::Body::Create(api::CreateRequest {
+        rootfs: vec![],
+        stdio: Some(stdio),
+        runtime_binary: runtime.into(),
+    })) {
+        Some(api::response::Body::Pid(p)) => {
+            assert!(p.pid > 0, "{}", b.id);
+            p.pid
+        }
+        other => panic!("create: {other:?}"),
+    }
+}
+
+fn start(c: &mut Client, exec_id: &str) {
+    c.ok(api::request::Body::Start(api::ProcessRef {
+        exec_id: exec_id.into(),
+    }));
+}
+
+fn out_file(b: &Bundle, name: &str) -> String {
+    b.path().join(name).to_string_lossy().into_owned()
+}
+
+const RUNTIMES: [&str; 2] = ["", "/usr/sbin/runc"];
+
+#[test]
+fn output_exit_status_and_exit_event() {
+    for rt in RUNTIMES {
+        let mut b = Bundle::new(&["sh", "-c", "echo hi; echo oops >&2; exit 3"], false);
+        b.start_shim();
+        let mut c = b.connect();
+        let stdio = api::Stdio {
+            stdout: out_file(&b, "out"),
+            stderr: out_file(&b, "err"),
+            ..Default::default()
+        };
+        create(&b, &mut c, stdio, rt);
+        assert_eq!(c.state("").status, api::Status::Created as i32);
+        start(&mut c, "");
+        let exit = c.wait("");
+        assert_eq!(exit.exit_status, 3, "runtime {rt:?}");
+        assert!(exit.exited_at_ns > 0);
+        // Output is complete when the exit is reported.
+        assert_eq!(
+            std::fs::read_to_string(b.path().join("out")).unwrap(),
+            "hi\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(b.path().join("err")).unwrap(),
+            "oops\n"
+        );
+        assert!(c.events.iter().any(|e| matches!(&e.kind,
+            Some(api::event::Kind::Exit(x)) if x.exec_id.is_empty() && x.exit_status == 3)));
+        let st = c.state("");
+        assert_eq!(st.status, api::Status::Stopped as i32);
+        match c.ok(api::request::Body::Delete(api::ProcessRef::default())) {
+            Some(api::response::Body::Exit(e)) => assert_eq!(e.exit_status, 3),
+            other => panic!("delete: {other:?}"),
+        }
+        c.ok(api::request::Body::Shutdown(api::ShutdownRequest {
+            now: false,
+        }));
+    }
+}
+
+#[test]
+fn logs_exec_kill_and_signals() {
+    for rt in RUNTIMES {
+        let mut b = Bundle::new(&["sh", "-c", "echo started; exec sleep 100"], false);
+        b.start_shim();
+        let mut c = b.connect();
+        let log = out_file(&b, "logs/container.log");
+        let stdio = api::Stdio {
+            log_path: log.clone(),
+            ..Default::default()
+        };
+        create(&b, &mut c, stdio, rt);
+        start(&mut c, "");
+        let spec = json!({"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "echo from exec; exit 7"],
+                          "env": ["PATH=/bin"], "cwd": "/"});
+        c.ok(api::request::Body::Exec(api::ExecRequest {
+            exec_id: "e1".into(),
+            spec: spec.to_string().into_bytes(),
+            stdio: Some(api::Stdio {
+                stdout: out_file(&b, "exec-out"),
+                ..Default::default()
+            }),
+        }));
+        start(&mut c, "e1");
+        assert_eq!(c.wait("e1").exit_status, 7, "runtime {rt:?}");
+        assert_eq!(
+            std::fs::read_to_string(b.path().join("exec-out")).unwrap(),
+            "from exec\n"
+        );
+        match c.ok(api::request::Body::Pids(api::Empty {})) {
+            Some(api::response::Body::Pids(p)) => assert!(!p.processes.is_empty()),
+            other => panic!("pids: {other:?}"),
+        }
+        match c.ok(api::request::Body::Stats(api::Empty {})) {
+            Some(api::response::Body::Metrics(m)) => {
+                assert!(m.memory.unwrap().usage.unwrap().usage > 0);
+                assert!(m.pids.unwrap().current >= 1);
+            }
+            other => panic!("stats: {other:?}"),
+        }
+        c.ok(api::request::Body::Kill(api::KillRequest {
+            exec_id: String::new(),
+            signal: 9,
+            all: false,
+        }));
+        assert_eq!(c.wait("").exit_status, 137);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["log"], "started\n");
+        assert_eq!(first["stream"], "stdout");
+        assert!(first["time"].as_str().unwrap().ends_with('Z'));
+        // A stopped process cannot be signalled.
+        let err = c
+            .call(api::request::Body::Kill(api::KillRequest {
+                exec_id: String::new(),
+                signal: 15,
+                all: false,
+            }))
+            .unwrap_err();
+        assert_eq!(err.kind, "not found");
+        c.ok(api::request::Body::Delete(api::ProcessRef::default()));
+    }
+}
+
+#[test]
+fn an_exit_while_nobody_is_connected_is_found_on_reconnect() {
+    let mut b = Bundle::new(&["sh", "-c", "sleep 0.3; exit 5"], false);
+    b.start_shim();
+    {
+        let mut c = b.connect();
+        create(&b, &mut c, api::Stdio::default(), "");
+        start(&mut c, "");
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let mut c = b.connect();
+    let st = c.state("");
+    assert_eq!(st.status, api::Status::Stopped as i32);
+    assert_eq!(st.exit_status, 5);
+    match c.ok(api::request::Body::Connect(api::Empty {})) {
+        Some(api::response::Body::Connect(r)) => {
+            assert_eq!(r.shim_pid, b.shim.as_ref().unwrap().id());
+        }
+        other => panic!("connect: {other:?}"),
+    }
+    c.ok(api::request::Body::Delete(api::ProcessRef::default()));
+}
+
+#[test]
+fn terminal_output_and_stdin_through_a_pty() {
+    for rt in RUNTIMES {
+        let mut b = Bundle::new(&["sh", "-c", "read line; echo got $line; tty"], true);
+        b.start_shim();
+        let mut c = b.connect();
+        let fifo = b.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let stdio = api::Stdio {
+            stdin: fifo.to_string_lossy().into_owned(),
+            stdout: out_file(&b, "out"),
+            terminal: true,
+            ..Default::default()
+        };
+        create(&b, &mut c, stdio, rt);
+        start(&mut c, "");
+        c.ok(api::request::Body::ResizePty(api::ResizePtyRequest {
+            exec_id: String::new(),
+            width: 100,
+            height: 30,
+        }));
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"hello\n").unwrap();
+        drop(w);
+        assert_eq!(c.wait("").exit_status, 0, "runtime {rt:?}");
+        let out = std::fs::read_to_string(b.path().join("out")).unwrap();
+        assert!(out.contains("got hello"), "{out:?}");
+        assert!(out.contains("/dev/pts/"), "{out:?}");
+        c.ok(api::request::Body::Delete(api::ProcessRef::default()));
+    }
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let mut b = Bundle::new(&["true"], false);
+    b.start_shim();
+    let mut c = b.connect();
+    let e = c
+        .call(api::request::Body::Start(api::ProcessRef::default()))
+        .unwrap_err();
+    assert_eq!(e.kind, "failed precondition");
+    let e = c
+        .call(api::request::Body::State(api::ProcessRef {
+            exec_id: "nope".into(),
+        }))
+        .unwrap_err();
+    assert_eq!(e.kind, "not found");
+    // A spec the runtime rejects fails Create with the runtime's reason.
+    std::fs::write(b.path().join("config.json"), "{\"ociVersion\": \"1.0.2\"}").unwrap();
+    let e = c
+        .call(api::request::Body::Create(api::CreateRequest::default()))
+        .unwrap_err();
+    assert!(e.message.contains("required"), "{}", e.message);
+}
