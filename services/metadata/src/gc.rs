@@ -4,7 +4,8 @@
 //! Roots: every lease that has not expired (label `containerd.io/gc.expire`, RFC 3339, in the
 //! past means expired) with all its resources; every content record and snapshot labelled
 //! `containerd.io/gc.root`; every image (its target digest and the references in its own labels);
-//! whatever the registered [`RootSource`]s name. Edges, all within one
+//! every container (its snapshot `<snapshotter>/<snapshot_key>` and the references in its own
+//! labels); whatever the registered [`RootSource`]s name. Edges, all within one
 //! namespace: `containerd.io/gc.ref.content*` labels (on content or snapshots) name content;
 //! `containerd.io/gc.ref.snapshot.<snapshotter>[/…]` labels name that snapshotter's snapshot by
 //! key; a snapshot references its parent. Snapshots that a lease labelled `containerd.io/gc.flat`
@@ -244,6 +245,14 @@ impl Metadata {
             for (ns, target, labels) in crate::images::gc_roots(txn)? {
                 let roots = &mut by_ns.entry(ns).or_default().roots;
                 roots.push((Node::Content(target), true));
+                roots.extend(label_refs(&labels));
+            }
+
+            for (ns, snapshot, labels) in crate::containers::gc_roots(txn)? {
+                let roots = &mut by_ns.entry(ns).or_default().roots;
+                if let Some((snapshotter, key)) = snapshot {
+                    roots.push((Node::Snapshot(snapshotter, key), true));
+                }
                 roots.extend(label_refs(&labels));
             }
 

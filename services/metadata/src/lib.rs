@@ -6,13 +6,15 @@
 //! [`BlobStore`]), [`SnapshotStore`](berth_core::snapshots::SnapshotStore) (the namespaced view
 //! over the snapshotters registered with [`Metadata::add_snapshotter`]),
 //! [`ImageStore`](berth_core::images::ImageStore),
+//! [`ContainerStore`](berth_core::containers::ContainerStore),
 //! [`LeaseManager`](berth_core::leases::LeaseManager) and
 //! [`GarbageCollector`](berth_core::gc::GarbageCollector). Nothing outside this crate knows the
 //! database is redb.
 //!
 //! Layout of the crate:
 //! - `store`: table definitions, key and value encoding, transaction helpers.
-//! - `namespaces`, `content`, `snapshots`, `images`, `leases`: one trait implementation each.
+//! - `namespaces`, `content`, `snapshots`, `images`, `containers`, `leases`: one trait
+//!   implementation each.
 //! - `gc`: mark and sweep, the debounced background collector and [`RootSource`] hooks.
 //!
 //! # Database layout
@@ -32,6 +34,7 @@
 //! | `snapshots`       | `<ns>\0<snapshotter>\0<key>`          | `{backend_key, kind, parent, …}`    |
 //! | `snapshot_children` | `<ns>\0<snapshotter>\0<parent>\0<child>` | `()`                         |
 //! | `images`          | `<ns>\0<name>`                        | `{target, created_at, updated_at, labels}` |
+//! | `containers`      | `<ns>\0<id>`                          | `{runtime, spec, snapshotter, snapshot_key, …}` |
 //!
 //! Ingests are not in the database: the raw store's ingest `"<ns>/<ref>"` is namespace `ns`'s
 //! ingest `ref`, so the raw store stays the single truth about what is being written. A
@@ -46,6 +49,7 @@
 //! to record, an ingest that is being opened, nor a backend snapshot whose record is not yet
 //! committed.
 
+mod containers;
 mod content;
 mod gc;
 mod images;
@@ -114,6 +118,7 @@ impl Metadata {
         let db = store::open_database(path)?;
         snapshots::create_tables(&db)?;
         images::create_tables(&db)?;
+        containers::create_tables(&db)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let md = Arc::new_cyclic(|this| Metadata {
             this: this.clone(),

@@ -127,6 +127,9 @@ impl NamespaceStore for Metadata {
             if crate::images::any_in(txn, name)? {
                 still.push("images");
             }
+            if crate::containers::any_in(txn, name)? {
+                still.push("containers");
+            }
             let leases = txn.open_table(LEASES).db("open table leases")?;
             if store::any_under(&leases, &[name.as_str()], "leases")? {
                 still.push("leases");
