@@ -30,7 +30,7 @@ use berth_core::transfer::{
     BlobState, Credentials, Platform, Progress, ProgressSink, PullRequest, PushRequest, Transfer,
 };
 use berth_core::{Digest, ErrorKind, Namespace, RequestContext, Result};
-use berth_distribution::{RegistryTransfer, TransferOptions};
+use berth_distribution::{PULL_REFERENCE_LABEL, RegistryTransfer, TransferOptions};
 use berth_integration::mounts::{Mounted, mount_point};
 use berth_integration::registry::Registry;
 use berth_integration::testimage::{Rootfs, TestImage, assert_tree, big_image};
@@ -696,6 +696,10 @@ async fn bad_registry_content_is_refused() {
             .starts_with(&format!("{missing}: not found")),
         "{err}"
     );
+    assert!(
+        s.leases().is_empty(),
+        "a pull that fetched nothing keeps no lease"
+    );
 
     // A manifest whose bytes no longer match its digest.
     let image = TestImage::one_layer();
@@ -729,7 +733,12 @@ async fn bad_registry_content_is_refused() {
         "{err}"
     );
     assert!(!s.has_blob(&layer.digest));
-    assert!(s.leases().is_empty(), "a failed pull deletes its lease");
+    let leases = s.leases();
+    assert_eq!(leases.len(), 1, "a failed pull keeps its lease: {leases:?}");
+    assert_eq!(
+        leases[0].labels[PULL_REFERENCE_LABEL], reference,
+        "labelled with what it pulled"
+    );
 
     // A layer of the right size with the wrong bytes.
     let mut flipped = bytes.clone();
@@ -745,11 +754,13 @@ async fn bad_registry_content_is_refused() {
         "{err}"
     );
     assert!(!s.has_blob(&layer.digest));
-    // Repaired, the same pull succeeds (the bad bytes were not kept for a resume).
+    // Repaired, the same pull succeeds (the bad bytes were not kept for a resume), and the
+    // leases of the failed attempts go with it.
     std::fs::write(&file, &bytes).unwrap();
     let (result, _) = s.pull(pull_req(&reference)).await;
     result.unwrap();
     s.check_rootfs(image.chain_ids().last().unwrap(), &image.expected_rootfs());
+    assert!(s.leases().is_empty(), "{:?}", s.leases());
 }
 
 // ---- A tiny fake registry, for answers a real one never gives. ----
@@ -1250,15 +1261,22 @@ async fn registry_faults_fail_the_pull_clearly_and_a_retry_resumes() {
             .map(|st| st.offset)
     };
     // Nothing half-pulled becomes an image, and the top snapshot (the image's) never exists.
+    // What was fetched stays under the failed pulls' leases, even through a collection (which
+    // berthd runs soon after any lease delete): that is what a retry resumes from.
     let assert_no_image = |s: &Stack, what: &str| {
         let err = ImageStore::get(&*s.md, &s.ctx, &reference).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound, "{what}: {err}");
         let top_chain = image.chain_ids().last().unwrap().clone();
         assert!(!s.committed(&top_chain), "{what}: the top snapshot exists");
+        let leases = s.leases();
         assert!(
-            s.leases().is_empty(),
-            "{what}: a failed pull deletes its lease"
+            !leases.is_empty(),
+            "{what}: the failed pull's lease is kept"
         );
+        for lease in &leases {
+            assert_eq!(lease.labels[PULL_REFERENCE_LABEL], reference, "{what}");
+        }
+        s.md.collect().unwrap();
     };
 
     // 1. The connection is reset in the middle of the base layer.
@@ -1362,6 +1380,10 @@ async fn registry_faults_fail_the_pull_clearly_and_a_retry_resumes() {
     assert_eq!(fetched[0].target, blob_path(&top.digest));
     assert_eq!(fetched[0].fault, None);
     s.check_rootfs(image.chain_ids().last().unwrap(), &image.expected_rootfs());
+    assert!(
+        s.leases().is_empty(),
+        "the success deletes the failed attempts' leases"
+    );
     assert!(
         ContentStore::list_statuses(&*s.md, &s.ctx, &Filters::parse::<&str>(&[]).unwrap())
             .unwrap()

@@ -8,8 +8,9 @@
 //! - `pull` and `push`: the two transfers, over the synchronous stores via `spawn_blocking`.
 //!
 //! Every write of a pull happens under a lease that expires after a day, so GC cannot take a
-//! half-pulled tree; the lease is deleted when the pull ends. A pull whose future is dropped
-//! leaves its lease, so its ingests stay and a later pull resumes them.
+//! half-pulled tree; the lease is deleted when the pull succeeds. A pull that fails after
+//! fetching something, or whose future is dropped, leaves its lease, so its blobs and ingests
+//! stay and a later pull resumes them ([`PULL_REFERENCE_LABEL`]).
 
 pub mod auth;
 pub mod client;
@@ -29,6 +30,12 @@ use berth_core::transfer::{BoxFuture, ProgressSink, PullRequest, PushRequest, Tr
 use berth_core::{Digest, Error, RequestContext, Result};
 
 pub use client::RegistryClient;
+
+/// The label on a pull's lease naming the (normalized) reference it pulls. A pull that fails
+/// after fetching something keeps its lease, so that what it fetched survives collection and
+/// a retry resumes; the next successful pull of the same reference deletes it (else it
+/// expires with [`TransferOptions::lease_expiry`]).
+pub const PULL_REFERENCE_LABEL: &str = "io.berth.pull.reference";
 
 /// The snapshotter a pull unpacks into when the request names none.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use berth_core::content::{ContentStore, Writer};
 use berth_core::diff::{Descriptor, LABEL_UNCOMPRESSED, is_layer_media_type};
+use berth_core::filters::Filters;
 use berth_core::images::Image;
 use berth_core::labels::Labels;
 use berth_core::leases::{EXPIRE_LABEL, LeaseManager, Resource};
@@ -23,7 +24,9 @@ use crate::oci::{
     classify, host_platform, index_labels, manifest_labels, parse_diff_ids, parse_index,
     parse_manifest, select_platforms, source_label_key,
 };
-use crate::{DEFAULT_SNAPSHOTTER, RegistryTransfer, blocking, read_blob, unique_suffix};
+use crate::{
+    DEFAULT_SNAPSHOTTER, PULL_REFERENCE_LABEL, RegistryTransfer, blocking, read_blob, unique_suffix,
+};
 
 /// Bytes gathered from the network before one write to the ingest (and one progress event).
 const FLUSH_SIZE: usize = 1 << 20;
@@ -52,9 +55,13 @@ pub(crate) async fn pull(
         .map_err(|e| Error::invalid_argument(format!("lease expiry: {e}")))?;
     let expire_at =
         (chrono::Utc::now() + expiry).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let name = reference.to_string();
     {
         let (leases, ctx, id) = (Arc::clone(&t.leases), ctx.clone(), lease_id.clone());
-        let labels = Labels::from([(EXPIRE_LABEL.to_owned(), expire_at)]);
+        let labels = Labels::from([
+            (EXPIRE_LABEL.to_owned(), expire_at),
+            (PULL_REFERENCE_LABEL.to_owned(), name.clone()),
+        ]);
         blocking(move || leases.create(&ctx, &id, labels))
             .await
             .map_err(|e| e.context(format!("pulling {reference}: creating a lease")))?;
@@ -72,10 +79,63 @@ pub(crate) async fn pull(
     };
     let result = puller.run(&reference, &req, &snapshotter).await;
     // A dropped future never gets here: its lease stays until it expires, and with it the
-    // ingests a later pull resumes.
-    let (leases, plain, id) = (Arc::clone(&t.leases), ctx.clone(), lease_id);
-    if let Err(e) = blocking(move || leases.delete(&plain, &id, false)).await {
-        tracing::warn!(error = %e, "pull: deleting the lease");
+    // ingests a later pull resumes. A pull that fails after fetching something keeps its lease
+    // for the same reason: without it, the next collection (soon after any lease delete)
+    // would take the partial ingests and the committed blobs, and a retry would start over.
+    let (leases, content, plain) = (Arc::clone(&t.leases), Arc::clone(&t.content), ctx.clone());
+    let failed = result.is_err();
+    let cleanup = blocking(move || {
+        // Worth keeping: an ingest, or a blob that arrived (the lease also names blobs it was
+        // about to fetch when the pull failed).
+        let keep = failed
+            && leases
+                .list_resources(&plain, &lease_id)
+                .unwrap_or_default()
+                .iter()
+                .any(|r| match r.kind.as_str() {
+                    "ingests" => true,
+                    "content" => {
+                        Digest::parse(&r.id).is_ok_and(|d| content.info(&plain, &d).is_ok())
+                    }
+                    _ => false,
+                });
+        if keep {
+            tracing::info!(
+                lease = lease_id,
+                reference = name,
+                "pull failed: its lease keeps what it fetched until it expires or the next \
+                 successful pull of the same reference, so that a retry resumes"
+            );
+            return Ok(());
+        }
+        // Success, or nothing fetched: this lease goes, and on success so do the leases that
+        // failed pulls of the same reference kept, since the image now holds what they did.
+        let mut stale = vec![lease_id.clone()];
+        if !failed {
+            let all = Filters::parse::<&str>(&[])?;
+            stale.extend(
+                leases
+                    .list(&plain, &all)?
+                    .into_iter()
+                    .filter(|l| {
+                        l.id != lease_id
+                            && l.labels.get(PULL_REFERENCE_LABEL).map(String::as_str)
+                                == Some(name.as_str())
+                    })
+                    .map(|l| l.id),
+            );
+        }
+        for id in stale {
+            if let Err(e) = leases.delete(&plain, &id, false) {
+                tracing::warn!(error = %e, lease = id, "pull: deleting a lease");
+            }
+        }
+        Ok(())
+    })
+    .await;
+    // The pull's own outcome is what the caller gets; leases left behind expire anyway.
+    if let Err(e) = cleanup {
+        tracing::warn!(error = %e, "pull: cleaning up leases");
     }
     result
 }
