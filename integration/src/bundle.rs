@@ -185,8 +185,26 @@ fn build_probe() -> Result<PathBuf, String> {
             bin.display()
         ));
     }
+    // Tests copy the probe into rootfses for the rest of the run, while another test binary
+    // (say, from another checkout sharing this target directory) may rebuild it in place. So
+    // hand out an immutable copy named by its contents, made under the lock.
+    let stable = target_dir.join(format!("berth-probe-{:016x}", content_hash(&elf)));
+    if !stable.exists() {
+        let tmp = target_dir.join(format!(".berth-probe-{}.tmp", std::process::id()));
+        fs::write(&tmp, &elf)
+            .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)))
+            .and_then(|()| fs::rename(&tmp, &stable))
+            .map_err(|e| format!("install {}: {e}", stable.display()))?;
+    }
     drop(lock);
-    Ok(bin)
+    Ok(stable)
+}
+
+/// FNV-1a over `data`: a stable name for a build's bytes (not a security boundary).
+fn content_hash(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether a 64-bit little-endian ELF file has a PT_INTERP program header (is dynamic).
