@@ -77,6 +77,25 @@ pub fn from_any<M: Message + Name + Default>(any: &prost_types::Any) -> berth_co
     })
 }
 
+/// Packs `m` into a core [`AnyValue`](berth_core::AnyValue) with containerd's bare type URL, for
+/// payloads that cross crate boundaries as domain values (event payloads, container specs).
+pub fn any_value_of<M: Message + Name>(m: &M) -> berth_core::AnyValue {
+    berth_core::AnyValue::new(M::full_name(), m.encode_to_vec())
+}
+
+/// A wire Any as a core [`AnyValue`](berth_core::AnyValue), unchanged.
+pub fn to_any_value(any: prost_types::Any) -> berth_core::AnyValue {
+    berth_core::AnyValue::new(any.type_url, any.value)
+}
+
+/// A core [`AnyValue`](berth_core::AnyValue) as a wire Any, unchanged.
+pub fn to_wire_any(value: &berth_core::AnyValue) -> prost_types::Any {
+    prost_types::Any {
+        type_url: value.type_url.clone(),
+        value: value.value.clone(),
+    }
+}
+
 /// Declares a module holding the code generated for one proto package.
 macro_rules! generated {
     ($(#[$doc:meta])* $name:ident => $package:literal) => {
