@@ -34,6 +34,7 @@ pub mod mount;
 pub mod namespaces;
 pub mod reference;
 pub mod snapshots;
+pub mod tasks;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod transfer;

@@ -1,0 +1,794 @@
+//! berth-tasks: the daemon's side of tasks.
+//!
+//! Each task lives in `<state>/tasks/<namespace>/<id>/`, which is also the OCI bundle: the
+//! container's spec is written there as `config.json`, the rootfs is mounted on `rootfs/` by
+//! the shim, and the shim listens on `shim.sock` and records its pid in `shim.pid`. The
+//! directory is the only record of a running task: on start, [`LocalTasks::recover`] walks it,
+//! reconnects to every live shim and cleans up after dead ones, so tasks survive a `kill -9` of
+//! berthd.
+
+mod client;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use berth_core::containers::ContainerStore;
+use berth_core::events::EventPublisher;
+use berth_core::tasks::{
+    CreateTask, ExitInfo, ProcessInfo, ProcessState, TaskIo, TaskManager, TaskOp, TaskStatus,
+};
+use berth_core::{AnyValue, BoxFuture, Error, ErrorKind, Namespace, RequestContext, Result};
+use berth_proto::containerd::events as ev;
+use berth_shim_api as api;
+use prost::Message;
+use tokio::io::AsyncBufReadExt;
+
+pub use client::ShimClient;
+
+/// Runtime names that run Berth's shim (ctr's default is the first).
+pub const RUNTIMES: [&str; 3] = [
+    "io.containerd.runc.v2",
+    "io.containerd.runc.v1",
+    "io.berth.v1",
+];
+
+/// containerd's runc runtime options; only the binary name matters here.
+#[derive(Clone, PartialEq, Message)]
+struct RuncOptions {
+    #[prost(string, tag = "6")]
+    binary_name: String,
+}
+
+struct Task {
+    dir: PathBuf,
+    client: ShimClient,
+}
+
+/// The task manager: one shim per task.
+pub struct LocalTasks {
+    /// Itself, for shim event callbacks that must not keep the manager alive.
+    me: std::sync::Weak<LocalTasks>,
+    root: PathBuf,
+    shim_binary: PathBuf,
+    containers: Arc<dyn ContainerStore>,
+    events: Arc<dyn EventPublisher>,
+    tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn from_ns(ns: i64) -> Option<SystemTime> {
+    (ns > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64))
+}
+
+fn any<M: Message + prost::Name>(m: &M) -> AnyValue {
+    AnyValue::new(M::full_name(), m.encode_to_vec())
+}
+
+fn stdio(io: &TaskIo) -> api::Stdio {
+    api::Stdio {
+        stdin: io.stdin.clone(),
+        stdout: io.stdout.clone(),
+        stderr: io.stderr.clone(),
+        terminal: io.terminal,
+        log_path: String::new(),
+        log_max_size: 0,
+    }
+}
+
+impl LocalTasks {
+    /// Tasks under `root` (`<state>/tasks`), run by the shim at `shim_binary`.
+    pub fn new(
+        root: PathBuf,
+        shim_binary: PathBuf,
+        containers: Arc<dyn ContainerStore>,
+        events: Arc<dyn EventPublisher>,
+    ) -> Result<Arc<LocalTasks>> {
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+        Ok(Arc::new_cyclic(|me| LocalTasks {
+            me: me.clone(),
+            root,
+            shim_binary,
+            containers,
+            events,
+            tasks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn key(ctx: &RequestContext, id: &str) -> (String, String) {
+        (ctx.namespace.as_str().to_owned(), id.to_owned())
+    }
+
+    fn task(&self, ctx: &RequestContext, id: &str) -> Result<Arc<Task>> {
+        self.tasks
+            .lock()
+            .map_err(|_| Error::internal("task table poisoned"))?
+            .get(&Self::key(ctx, id))
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("task {id:?} not found")))
+    }
+
+    fn publish(&self, ns: &Namespace, topic: &str, event: AnyValue) {
+        if let Err(e) = self.events.publish(ns, topic, event) {
+            tracing::warn!(topic, "publish: {e}");
+        }
+    }
+
+    /// What to do with a shim's pushed events: exits and OOMs become task events.
+    fn on_event(&self, ns: Namespace, id: String) -> impl Fn(api::Event) + Send + 'static {
+        let me = self.me.clone();
+        move |e: api::Event| {
+            let Some(me) = me.upgrade() else {
+                return;
+            };
+            match e.kind {
+                Some(api::event::Kind::Exit(x)) => {
+                    let exit = ev::TaskExit {
+                        container_id: id.clone(),
+                        id: if x.exec_id.is_empty() {
+                            id.clone()
+                        } else {
+                            x.exec_id.clone()
+                        },
+                        pid: x.pid,
+                        exit_status: x.exit_status,
+                        exited_at: from_ns(x.exited_at_ns).map(timestamp),
+                    };
+                    me.publish(&ns, "/tasks/exit", any(&exit));
+                }
+                Some(api::event::Kind::Oom(_)) => {
+                    let oom = ev::TaskOom {
+                        container_id: id.clone(),
+                    };
+                    me.publish(&ns, "/tasks/oom", any(&oom));
+                }
+                None => {}
+            }
+        }
+    }
+
+    async fn spawn_shim(&self, ns: &str, id: &str, dir: &Path) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("shim.log"))
+            .map_err(|e| Error::io("open shim.log", e))?;
+        let mut child = tokio::process::Command::new(&self.shim_binary)
+            .args(["--id", id, "--namespace", ns, "--bundle"])
+            .arg(dir)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .map_err(|e| Error::io(format!("start {}", self.shim_binary.display()), e))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::internal("shim stdout"))?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        // The shim lives on by itself; tokio reaps it if it ever exits while we run.
+        drop(child);
+        match read {
+            Ok(Ok(_)) if line.trim() == "ready" => Ok(()),
+            _ => Err(Error::internal(format!(
+                "shim for {id:?} did not start: {}",
+                std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Finds the shims left by a previous berthd: reconnects to live ones, cleans up dead ones
+    /// and shims whose container is gone.
+    pub async fn recover(&self) -> Result<()> {
+        let Ok(namespaces) = std::fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        for ns_entry in namespaces.flatten() {
+            let ns_name = ns_entry.file_name().to_string_lossy().into_owned();
+            let Ok(ns) = Namespace::new(&ns_name) else {
+                continue;
+            };
+            let Ok(ids) = std::fs::read_dir(ns_entry.path()) else {
+                continue;
+            };
+            for id_entry in ids.flatten() {
+                let id = id_entry.file_name().to_string_lossy().into_owned();
+                let dir = id_entry.path();
+                let ctx = RequestContext::new(ns.clone());
+                let client = ShimClient::connect(
+                    &dir.join("shim.sock"),
+                    self.on_event(ns.clone(), id.clone()),
+                )
+                .await;
+                match client {
+                    Ok(client) => {
+                        if self.containers.get(&ctx, &id).is_err() {
+                            tracing::info!(id, "container gone: shutting its shim down");
+                            let _ = client
+                                .call(api::request::Body::Shutdown(api::ShutdownRequest {
+                                    now: true,
+                                }))
+                                .await;
+                            let _ = std::fs::remove_dir_all(&dir);
+                            continue;
+                        }
+                        tracing::info!(namespace = %ns_name, id, "reconnected to shim");
+                        if let Ok(mut t) = self.tasks.lock() {
+                            t.insert(
+                                (ns_name.clone(), id.clone()),
+                                Arc::new(Task { dir, client }),
+                            );
+                        }
+                    }
+                    Err(_) => {
+                        tracing::warn!(id, "shim is gone: cleaning up its task");
+                        cleanup_dead(&dir);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn state(&self, task: &Task, id: &str, exec_id: &str) -> Result<ProcessState> {
+        match task
+            .client
+            .call(api::request::Body::State(api::ProcessRef {
+                exec_id: exec_id.to_owned(),
+            }))
+            .await?
+        {
+            Some(api::response::Body::State(s)) => {
+                let io = s.stdio.unwrap_or_default();
+                Ok(ProcessState {
+                    container_id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                    pid: s.pid,
+                    status: TaskStatus::from_i32(s.status),
+                    io: TaskIo {
+                        stdin: io.stdin,
+                        stdout: io.stdout,
+                        stderr: io.stderr,
+                        terminal: io.terminal,
+                    },
+                    exit_status: s.exit_status,
+                    exited_at: from_ns(s.exited_at_ns),
+                })
+            }
+            _ => Err(Error::internal("shim: unexpected answer to State")),
+        }
+    }
+
+    async fn call_unit(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        body: api::request::Body,
+    ) -> Result<()> {
+        self.task(ctx, id)?.client.call(body).await.map(drop)
+    }
+
+    async fn do_create(&self, ctx: &RequestContext, req: CreateTask) -> Result<u32> {
+        let id = req.container_id.clone();
+        let container = self.containers.get(ctx, &id)?;
+        if !RUNTIMES.contains(&container.runtime.name.as_str()) {
+            return Err(Error::not_implemented(format!(
+                "runtime {:?} is not supported (use one of {RUNTIMES:?})",
+                container.runtime.name
+            )));
+        }
+        let spec = container
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::invalid_argument(format!("container {id:?} has no spec")))?;
+        // Options on the task win over the container's runtime options, as in containerd.
+        let binary = [req.options.as_ref(), container.runtime.options.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|o| o.type_url.ends_with("containerd.runc.v1.Options"))
+            .and_then(|o| RuncOptions::decode(o.value.as_slice()).ok())
+            .map(|o| o.binary_name)
+            .unwrap_or_default();
+        let key = Self::key(ctx, &id);
+        if self
+            .tasks
+            .lock()
+            .map_err(|_| Error::internal("task table poisoned"))?
+            .contains_key(&key)
+        {
+            return Err(Error::already_exists(format!("task {id:?} already exists")));
+        }
+        let dir = self.root.join(ctx.namespace.as_str()).join(&id);
+        if dir.exists() {
+            return Err(Error::already_exists(format!(
+                "task {id:?} already exists ({})",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let res = self
+            .create_in(ctx, &id, &dir, &spec.value, &req, &binary)
+            .await;
+        if res.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        res
+    }
+
+    async fn create_in(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        dir: &Path,
+        spec: &[u8],
+        req: &CreateTask,
+        binary: &str,
+    ) -> Result<u32> {
+        std::fs::write(dir.join("config.json"), spec)
+            .map_err(|e| Error::io("write config.json", e))?;
+        self.spawn_shim(ctx.namespace.as_str(), id, dir).await?;
+        let client = ShimClient::connect(
+            &dir.join("shim.sock"),
+            self.on_event(ctx.namespace.clone(), id.to_owned()),
+        )
+        .await?;
+        let rootfs: Vec<api::Mount> = req
+            .rootfs
+            .iter()
+            .map(|m| api::Mount {
+                r#type: m.kind.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let created = client
+            .call(api::request::Body::Create(api::CreateRequest {
+                rootfs: rootfs.clone(),
+                stdio: Some(stdio(&req.io)),
+                runtime_binary: binary.to_owned(),
+            }))
+            .await;
+        let pid = match created {
+            Ok(Some(api::response::Body::Pid(p))) => p.pid,
+            Ok(_) => return Err(Error::internal("shim: unexpected answer to Create")),
+            Err(e) => {
+                let _ = client
+                    .call(api::request::Body::Shutdown(api::ShutdownRequest {
+                        now: true,
+                    }))
+                    .await;
+                return Err(e);
+            }
+        };
+        self.tasks
+            .lock()
+            .map_err(|_| Error::internal("task table poisoned"))?
+            .insert(
+                Self::key(ctx, id),
+                Arc::new(Task {
+                    dir: dir.to_path_buf(),
+                    client,
+                }),
+            );
+        let event = ev::TaskCreate {
+            container_id: id.to_owned(),
+            bundle: dir.to_string_lossy().into_owned(),
+            rootfs: req
+                .rootfs
+                .iter()
+                .map(|m| berth_proto::containerd::types::Mount {
+                    r#type: m.kind.clone(),
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    options: m.options.clone(),
+                })
+                .collect(),
+            io: Some(ev::TaskIo {
+                stdin: req.io.stdin.clone(),
+                stdout: req.io.stdout.clone(),
+                stderr: req.io.stderr.clone(),
+                terminal: req.io.terminal,
+            }),
+            checkpoint: String::new(),
+            pid,
+        };
+        self.publish(&ctx.namespace, "/tasks/create", any(&event));
+        Ok(pid)
+    }
+
+    fn exit_of(body: Option<api::response::Body>) -> Result<ExitInfo> {
+        match body {
+            Some(api::response::Body::Exit(e)) => Ok(ExitInfo {
+                pid: e.pid,
+                exit_status: e.exit_status,
+                exited_at: from_ns(e.exited_at_ns),
+            }),
+            _ => Err(Error::internal("shim: unexpected answer")),
+        }
+    }
+}
+
+/// A task whose shim died with berthd's state left behind: its rootfs is unmounted and the
+/// directory removed (the container's processes died with their pid namespace's init).
+fn cleanup_dead(dir: &Path) {
+    let rootfs = dir.join("rootfs");
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&rootfs)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+impl TaskManager for LocalTasks {
+    fn create<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        req: CreateTask,
+    ) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(self.do_create(ctx, req))
+    }
+
+    fn start<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+    ) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            let st = self.state(&task, id, exec_id).await?;
+            st.status.check(TaskOp::Start, &format!("task {id:?}"))?;
+            let pid = match task
+                .client
+                .call(api::request::Body::Start(api::ProcessRef {
+                    exec_id: exec_id.to_owned(),
+                }))
+                .await?
+            {
+                Some(api::response::Body::Pid(p)) => p.pid,
+                _ => return Err(Error::internal("shim: unexpected answer to Start")),
+            };
+            if exec_id.is_empty() {
+                let e = ev::TaskStart {
+                    container_id: id.to_owned(),
+                    pid,
+                };
+                self.publish(&ctx.namespace, "/tasks/start", any(&e));
+            } else {
+                let e = ev::TaskExecStarted {
+                    container_id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                    pid,
+                };
+                self.publish(&ctx.namespace, "/tasks/exec-started", any(&e));
+            }
+            Ok(pid)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<ExitInfo>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            let st = self.state(&task, id, "").await?;
+            st.status.check(TaskOp::Delete, &format!("task {id:?}"))?;
+            let exit = Self::exit_of(
+                task.client
+                    .call(api::request::Body::Delete(api::ProcessRef::default()))
+                    .await?,
+            )?;
+            let _ = task
+                .client
+                .call(api::request::Body::Shutdown(api::ShutdownRequest {
+                    now: false,
+                }))
+                .await;
+            if let Ok(mut t) = self.tasks.lock() {
+                t.remove(&Self::key(ctx, id));
+            }
+            if let Err(e) = std::fs::remove_dir_all(&task.dir) {
+                tracing::warn!(id, "remove {}: {e}", task.dir.display());
+            }
+            let e = ev::TaskDelete {
+                container_id: id.to_owned(),
+                pid: exit.pid,
+                exit_status: exit.exit_status,
+                exited_at: exit.exited_at.map(timestamp),
+                id: id.to_owned(),
+            };
+            self.publish(&ctx.namespace, "/tasks/delete", any(&e));
+            Ok(exit)
+        })
+    }
+
+    fn delete_process<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+    ) -> BoxFuture<'a, Result<ExitInfo>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            let exit = Self::exit_of(
+                task.client
+                    .call(api::request::Body::Delete(api::ProcessRef {
+                        exec_id: exec_id.to_owned(),
+                    }))
+                    .await?,
+            )?;
+            let e = ev::TaskDelete {
+                container_id: id.to_owned(),
+                pid: exit.pid,
+                exit_status: exit.exit_status,
+                exited_at: exit.exited_at.map(timestamp),
+                id: exec_id.to_owned(),
+            };
+            self.publish(&ctx.namespace, "/tasks/delete", any(&e));
+            Ok(exit)
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+    ) -> BoxFuture<'a, Result<ProcessState>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            self.state(&task, id, exec_id).await
+        })
+    }
+
+    fn list<'a>(&'a self, ctx: &'a RequestContext) -> BoxFuture<'a, Result<Vec<ProcessState>>> {
+        Box::pin(async move {
+            let ns = ctx.namespace.as_str().to_owned();
+            let mut mine: Vec<(String, Arc<Task>)> = self
+                .tasks
+                .lock()
+                .map_err(|_| Error::internal("task table poisoned"))?
+                .iter()
+                .filter(|((n, _), _)| *n == ns)
+                .map(|((_, id), t)| (id.clone(), t.clone()))
+                .collect();
+            mine.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut out = Vec::new();
+            for (id, t) in mine {
+                match self.state(&t, &id, "").await {
+                    Ok(s) => out.push(s),
+                    Err(e) => {
+                        tracing::warn!(id, "state: {e}");
+                        out.push(ProcessState {
+                            container_id: id,
+                            exec_id: String::new(),
+                            pid: 0,
+                            status: TaskStatus::Unknown,
+                            io: TaskIo::default(),
+                            exit_status: 0,
+                            exited_at: None,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn kill<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+        signal: u32,
+        all: bool,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.call_unit(
+            ctx,
+            id,
+            api::request::Body::Kill(api::KillRequest {
+                exec_id: exec_id.to_owned(),
+                signal,
+                all,
+            }),
+        ))
+    }
+
+    fn exec<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+        spec: AnyValue,
+        io: TaskIo,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            let st = self.state(&task, id, "").await?;
+            st.status.check(TaskOp::Exec, &format!("task {id:?}"))?;
+            task.client
+                .call(api::request::Body::Exec(api::ExecRequest {
+                    exec_id: exec_id.to_owned(),
+                    spec: spec.value,
+                    stdio: Some(stdio(&io)),
+                }))
+                .await?;
+            let e = ev::TaskExecAdded {
+                container_id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+            };
+            self.publish(&ctx.namespace, "/tasks/exec-added", any(&e));
+            Ok(())
+        })
+    }
+
+    fn resize_pty<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+        width: u32,
+        height: u32,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.call_unit(
+            ctx,
+            id,
+            api::request::Body::ResizePty(api::ResizePtyRequest {
+                exec_id: exec_id.to_owned(),
+                width,
+                height,
+            }),
+        ))
+    }
+
+    fn close_io<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.call_unit(
+            ctx,
+            id,
+            api::request::Body::CloseIo(api::ProcessRef {
+                exec_id: exec_id.to_owned(),
+            }),
+        ))
+    }
+
+    fn pause<'a>(&'a self, ctx: &'a RequestContext, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            let st = self.state(&task, id, "").await?;
+            st.status.check(TaskOp::Pause, &format!("task {id:?}"))?;
+            task.client
+                .call(api::request::Body::Pause(api::Empty {}))
+                .await?;
+            let e = ev::TaskPaused {
+                container_id: id.to_owned(),
+            };
+            self.publish(&ctx.namespace, "/tasks/paused", any(&e));
+            Ok(())
+        })
+    }
+
+    fn resume<'a>(&'a self, ctx: &'a RequestContext, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            let st = self.state(&task, id, "").await?;
+            st.status.check(TaskOp::Resume, &format!("task {id:?}"))?;
+            task.client
+                .call(api::request::Body::Resume(api::Empty {}))
+                .await?;
+            let e = ev::TaskResumed {
+                container_id: id.to_owned(),
+            };
+            self.publish(&ctx.namespace, "/tasks/resumed", any(&e));
+            Ok(())
+        })
+    }
+
+    fn pids<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ProcessInfo>>> {
+        Box::pin(async move {
+            match self
+                .task(ctx, id)?
+                .client
+                .call(api::request::Body::Pids(api::Empty {}))
+                .await?
+            {
+                Some(api::response::Body::Pids(p)) => Ok(p
+                    .processes
+                    .into_iter()
+                    .map(|p| ProcessInfo {
+                        pid: p.pid,
+                        exec_id: p.exec_id,
+                    })
+                    .collect()),
+                _ => Err(Error::internal("shim: unexpected answer to Pids")),
+            }
+        })
+    }
+
+    fn metrics<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<AnyValue>> {
+        Box::pin(async move {
+            match self
+                .task(ctx, id)?
+                .client
+                .call(api::request::Body::Stats(api::Empty {}))
+                .await?
+            {
+                Some(api::response::Body::Metrics(m)) => {
+                    Ok(AnyValue::new(api::METRICS_TYPE_URL, m.encode_to_vec()))
+                }
+                _ => Err(Error::internal("shim: unexpected answer to Stats")),
+            }
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        resources: AnyValue,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.call_unit(
+            ctx,
+            id,
+            api::request::Body::Update(api::UpdateRequest {
+                resources: resources.value,
+            }),
+        ))
+    }
+
+    fn wait<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        id: &'a str,
+        exec_id: &'a str,
+    ) -> BoxFuture<'a, Result<ExitInfo>> {
+        Box::pin(async move {
+            let task = self.task(ctx, id)?;
+            Self::exit_of(
+                task.client
+                    .call(api::request::Body::Wait(api::ProcessRef {
+                        exec_id: exec_id.to_owned(),
+                    }))
+                    .await
+                    .map_err(|e| {
+                        if e.is(ErrorKind::Unavailable) {
+                            e.context(format!("wait for task {id:?}"))
+                        } else {
+                            e
+                        }
+                    })?,
+            )
+        })
+    }
+}
