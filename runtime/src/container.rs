@@ -570,14 +570,32 @@ impl Parent for CreateParent<'_> {
             cgroup_path: self.cgroup.path().to_owned(),
             config: self.plan.spec.clone(),
         };
-        let state = state_json(&record.oci_state(Status::Creating));
+        let state = record.oci_state(Status::Creating);
         let hooks_cfg = self.plan.spec.hooks().as_ref();
+        let runtime_state = state_json(&state);
         for phase in [Phase::Prestart, Phase::CreateRuntime] {
-            hooks::run(phase, &phase.of(hooks_cfg), &state)?;
+            hooks::run(phase, &phase.of(hooks_cfg), &runtime_state)?;
         }
+        // The child runs the createContainer and startContainer hooks in the container's
+        // namespaces, where the pid in the state is the one the container sees (the runtime
+        // spec's rule, and runc's): 1 in a pid namespace of its own.
+        let mut child_state = state;
+        child_state.pid = pid_in_own_namespace(pid).unwrap_or(pid);
         self.record = Some(record);
-        Ok(state)
+        Ok(state_json(&child_state))
     }
+}
+
+/// `pid` as its innermost pid namespace numbers it: the last field of `NSpid` in its status.
+fn pid_in_own_namespace(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 struct ExecParent<'a> {

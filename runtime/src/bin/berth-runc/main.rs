@@ -37,7 +37,9 @@ struct Cli {
     #[arg(long, global = true)]
     systemd_cgroup: bool,
     /// Accepted for runc compatibility: only "false" and "auto" (as root) are supported.
-    #[arg(long, global = true)]
+    // Not global, as in runc (global flags come before the command): `spec --rootless` is a
+    // flag of its own, and clap panics at parse time when the two share a name.
+    #[arg(long)]
     rootless: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -307,11 +309,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let logs_to_file = cli.log.is_some();
+    // As runc: a failed `exec` exits 255, so a caller can tell it from the exit code of a
+    // process that ran (the usual 1).
+    let failure = if matches!(cli.command, Command::Exec(_)) {
+        255
+    } else {
+        1
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            guard.error(&e.to_string());
-            ExitCode::from(1)
+            let msg = e.to_string();
+            guard.error(&msg);
+            // runc also prints the error on stderr when its log goes to a file: a person (or a
+            // caller that keeps stderr, as go-runc does) sees why without reading the log.
+            if logs_to_file {
+                eprintln!("{msg}");
+            }
+            ExitCode::from(failure)
         }
     }
 }
@@ -561,7 +577,11 @@ fn ps(rt: &Runtime, id: &str, format: OutputFormat, args: &[String]) -> Result<u
 }
 
 fn list(rt: &Runtime, format: OutputFormat, quiet: bool) -> Result<()> {
-    let states = rt.list()?;
+    let mut states = rt.list()?;
+    // As runc's `list` (its `state` leaves the owner empty): the user owning the state directory.
+    for s in &mut states {
+        s.owner = owner_of(&rt.root().join(&s.id));
+    }
     let mut out = std::io::stdout().lock();
     if quiet {
         for s in &states {
@@ -602,6 +622,18 @@ fn list(rt: &Runtime, format: OutputFormat, quiet: bool) -> Result<()> {
         let _ = writeln!(out, "{}", line.join("   ").trim_end());
     }
     Ok(())
+}
+
+/// The name of the user owning `path` ("#UID" when it has none, as runc prints it).
+fn owner_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return String::new();
+    };
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())) {
+        Ok(Some(user)) => user.name,
+        _ => format!("#{}", meta.uid()),
+    }
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -728,19 +760,36 @@ fn update_resources(a: &UpdateArgs) -> Result<LinuxResources> {
     serde_json::from_value(value).map_err(|e| Error::invalid_argument(format!("resources: {e}")))
 }
 
+/// Writes runc's default spec. oci-spec's `Spec::default()` is youki's and differs from runc's
+/// where it matters: it allows every device (no deny-all rule), puts the capabilities in the
+/// inheritable set (what runc dropped from its default after CVE-2022-29162) and names the host
+/// "youki". Those three are set as `runc spec` sets them.
 fn write_default_spec(bundle: &Path) -> Result<()> {
     let path = bundle.join("config.json");
-    if path.exists() {
-        return Err(Error::already_exists(format!(
-            "File {} exists. Remove it first",
-            path.display()
-        )));
+    let mut spec = serde_json::to_value(Spec::default())
+        .map_err(|e| Error::internal(format!("encode spec: {e}")))?;
+    spec["ociVersion"] = berth_runtime::spec::OCI_VERSION.into();
+    spec["hostname"] = "runc".into();
+    if let Some(caps) = spec["process"]["capabilities"].as_object_mut() {
+        caps.remove("inheritable");
     }
-    let mut spec = Spec::default();
-    spec.set_version(berth_runtime::spec::OCI_VERSION.to_owned());
+    spec["linux"]["resources"]["devices"] = serde_json::json!([{"allow": false, "access": "rwm"}]);
     let data = serde_json::to_vec_pretty(&spec)
         .map_err(|e| Error::internal(format!("encode spec: {e}")))?;
-    std::fs::write(&path, data).map_err(|e| Error::io(format!("write {}", path.display()), e))
+    // create_new: refusing to overwrite must not race with another writer.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::already_exists(format!("File {} exists. Remove it first", path.display()))
+            } else {
+                Error::io(format!("write {}", path.display()), e)
+            }
+        })?;
+    file.write_all(&data)
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 /// Parses capability names as runc's `--cap` takes them ("CAP_NET_ADMIN" or "net_admin").
