@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bundle;
+pub mod containerd;
 pub mod mounts;
 pub mod registry;
 pub mod remote;
