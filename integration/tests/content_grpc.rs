@@ -12,9 +12,9 @@ use berth_core::labels::Labels;
 use berth_core::{Digest, ErrorKind};
 use berth_integration::remote::RemoteContentStore;
 use berth_integration::{Daemon, random_bytes};
-use berth_proto::containerd::services::containers::v1 as containers_pb;
 use berth_proto::containerd::services::content::v1 as pb;
 use berth_proto::containerd::services::content::v1::content_client::ContentClient;
+use berth_proto::containerd::services::tasks::v1 as tasks_pb;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -554,13 +554,17 @@ async fn read_ranges_and_write_offsets() {
 async fn unimplemented_service_says_so() {
     let d = Daemon::start();
     let client = d.client("default").await;
-    // Containers is not built yet (issue 6); tonic answers for an unrouted service.
-    let listed = client
+    // Checkpoints are not built: Tasks.Checkpoint answers Unimplemented whether the Tasks
+    // service is routed (it says so) or not (tonic says so for an unrouted service).
+    let checkpointed = client
         .rpc()
-        .containers()
-        .list(containers_pb::ListContainersRequest::default())
+        .tasks()
+        .checkpoint(tasks_pb::CheckpointTaskRequest {
+            container_id: "c".into(),
+            ..Default::default()
+        })
         .await;
-    let status = listed.unwrap_err();
+    let status = checkpointed.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     let err = berth_client::from_status(status);
     assert_eq!(err.kind(), ErrorKind::NotImplemented);

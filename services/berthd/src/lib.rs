@@ -49,6 +49,13 @@ impl Daemon {
         let native =
             berth_snapshot_native::NativeSnapshotter::open(config.root.join(plugins::NATIVE_ROOT))?;
         metadata.add_snapshotter("native", Arc::new(native))?;
+        // Every change to the metadata stores is announced on the exchange, whichever service
+        // makes it; GC and the differ use the store directly, as containerd's publish nothing.
+        let exchange = Arc::new(berth_events::Exchange::new());
+        let published = Arc::new(berth_events::Publishing::new(
+            metadata.clone(),
+            exchange.clone(),
+        ));
         let server = Arc::new(ServerInfo {
             uuid: server_uuid(&config.root)?,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -60,10 +67,10 @@ impl Daemon {
         let differ =
             Arc::new(berth_diff::WalkingDiff::new(metadata.clone()).with_temp_dir(tmpmounts));
         let transfer = Arc::new(berth_distribution::RegistryTransfer::new(
+            published.clone(),
+            published.clone(),
             metadata.clone(),
-            metadata.clone(),
-            metadata.clone(),
-            metadata.clone(),
+            published.clone(),
             differ.clone(),
             berth_distribution::TransferOptions {
                 insecure_registries: config.registry.insecure.clone(),
@@ -73,11 +80,13 @@ impl Daemon {
         let services = Services {
             applier: differ.clone(),
             comparer: differ,
-            content: metadata.clone(),
-            namespaces: metadata.clone(),
+            content: published.clone(),
+            namespaces: published.clone(),
             leases: metadata.clone(),
-            snapshots: metadata.clone(),
-            images: metadata.clone(),
+            snapshots: published.clone(),
+            images: published.clone(),
+            containers: published,
+            events: exchange,
             gc: metadata,
             server,
             transfer: Some(transfer),

@@ -58,6 +58,7 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
             "manager",
             &["io.containerd.metadata.v1"],
         ),
+        entry("io.containerd.event.v1", "exchange", &[]),
     ]);
     for id in [
         "content",
@@ -65,6 +66,8 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
         "leases",
         "snapshots",
         "images",
+        "containers",
+        "events",
         "diff",
         "introspection",
         "version",
@@ -85,9 +88,7 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
     ));
     for (kind, id) in [
         ("io.containerd.runtime.v2", "task"),
-        ("io.containerd.grpc.v1", "containers"),
         ("io.containerd.grpc.v1", "tasks"),
-        ("io.containerd.grpc.v1", "events"),
     ] {
         let mut e = entry(kind, id, &[]);
         e.init_error = Some(NOT_YET.to_owned());

@@ -8,11 +8,13 @@
 //! This crate never names a backend: berthd hands it trait objects through [`Services`].
 
 pub mod admin;
+pub mod containers;
 pub mod content;
 pub mod context;
 pub mod convert;
 pub mod diff;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod images;
 pub mod introspection;
@@ -24,8 +26,10 @@ pub mod transfer;
 
 use std::sync::Arc;
 
+use berth_core::containers::ContainerStore;
 use berth_core::content::ContentStore;
 use berth_core::diff::{Applier, Comparer};
+use berth_core::events::EventExchange;
 use berth_core::gc::GarbageCollector;
 use berth_core::images::ImageStore;
 use berth_core::leases::LeaseManager;
@@ -48,6 +52,10 @@ pub struct Services {
     pub snapshots: Arc<dyn SnapshotStore>,
     /// Image records.
     pub images: Arc<dyn ImageStore>,
+    /// Container records.
+    pub containers: Arc<dyn ContainerStore>,
+    /// The event bus: what the Events service publishes to and subscribes on.
+    pub events: Arc<dyn EventExchange>,
     /// Applies layers onto mounts.
     pub applier: Arc<dyn Applier>,
     /// Computes layers from two mounts.
@@ -61,13 +69,15 @@ pub struct Services {
 }
 
 /// Adds every implemented service to a tonic router builder. Services whose issues have not
-/// landed yet (containers, tasks, events) are not routed, so tonic answers
-/// `Unimplemented` for them, which is what containerd's clients expect of a missing service.
+/// landed yet are not routed, so tonic answers `Unimplemented` for them, which is what
+/// containerd's clients expect of a missing service.
 pub fn routes(services: &Services) -> tonic::service::Routes {
     use berth_proto::berth::services::admin::v1::admin_server::AdminServer;
     use berth_proto::berth::services::transfer::v1::transfer_server::TransferServer;
+    use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
     use berth_proto::containerd::services::content::v1::content_server::ContentServer;
     use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
+    use berth_proto::containerd::services::events::v1::events_server::EventsServer;
     use berth_proto::containerd::services::images::v1::images_server::ImagesServer;
     use berth_proto::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
     use berth_proto::containerd::services::leases::v1::leases_server::LeasesServer;
@@ -97,6 +107,18 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
         )
         .add_service(
             ImagesServer::new(images::ImagesService::new(services.images.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            ContainersServer::new(containers::ContainersService::new(
+                services.containers.clone(),
+            ))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        )
+        .add_service(
+            EventsServer::new(events::EventsService::new(services.events.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
