@@ -7,6 +7,8 @@
 //! - Typed helpers, all returning [`berth_core::Result`]: [`Client::content`] ([`content`]),
 //!   [`Client::namespaces`] ([`namespaces`]), [`Client::leases`] ([`leases`]),
 //!   [`Client::snapshots`] ([`snapshots`]), [`Client::images`] ([`images`]),
+//!   [`Client::containers`] ([`containers`]), [`Client::events`] ([`events`]: publish, forward,
+//!   subscribe),
 //!   [`Client::diff`] ([`diff`]), [`Client::transfer`] ([`transfer`]: daemon-side pull and
 //!   push with streamed progress), [`Client::archive`] ([`archive`]: image import and export
 //!   as OCI-layout or docker-save tarballs), [`Client::unpack`] ([`unpack`]), and
@@ -29,10 +31,12 @@
 pub mod archive;
 pub mod auth;
 pub mod client;
+pub mod containers;
 pub mod content;
 pub mod convert;
 pub mod diff;
 pub mod error;
+pub mod events;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
@@ -43,9 +47,11 @@ pub mod unpack;
 
 pub use archive::{Archive, ExportFormat, ExportOptions, ExportSummary, ImportOptions};
 pub use client::{Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, Headers, Rpc, Transport};
+pub use containers::Containers;
 pub use content::{Content, IngestSource, Seekable, Unseekable};
 pub use diff::Diff;
 pub use error::from_status;
+pub use events::{EventStream, Events};
 pub use images::Images;
 pub use leases::{LeaseOptions, Leases, expiry_value, generate_lease_id};
 pub use namespaces::Namespaces;
