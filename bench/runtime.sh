@@ -41,14 +41,24 @@ cleanup() {
         done
     done
     if [ -n "$hugetlb_mount" ]; then
-        # The v1 hugetlb hierarchy can only go once no cgroup in it is left.
-        for _ in $(seq 50); do
-            find "$hugetlb_mount" -mindepth 1 -type d -delete 2>/dev/null
-            umount "$hugetlb_mount" 2>/dev/null && break
+        # The v1 hugetlb hierarchy only goes away (handing the controller back to cgroup2) once
+        # no cgroup is left in it; an unmount before that leaves it alive and invisible.
+        for _ in $(seq 100); do
+            find "$hugetlb_mount" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null
+            [ -z "$(find "$hugetlb_mount" -mindepth 1 -type d 2>/dev/null)" ] && break
             sleep 0.1
         done
+        umount "$hugetlb_mount" 2>/dev/null
         rmdir "$hugetlb_mount" 2>/dev/null
-        log "hugetlb handed back to cgroup2: $(cat /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null)"
+        for _ in $(seq 100); do
+            grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null && break
+            sleep 0.1
+        done
+        if grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null; then
+            log "hugetlb handed back to cgroup2"
+        else
+            log "WARNING: hugetlb did not return to cgroup2 (see /proc/cgroups)"
+        fi
     fi
     rm -rf "$work"
 }

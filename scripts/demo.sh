@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The main job: set up, build, start berthd with its built-in default configuration, and show it
-# working end to end through berthctl and containerd's own `ctr`. Stops the daemon on exit.
+# working end to end through berthctl and containerd's own `ctr`, up to running a container from a
+# busybox image the script builds itself. Stops the daemon on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-cargo build --release -p berthd -p berthctl
+# berthd starts berth-shim from its own directory.
+cargo build --release -p berthd -p berthctl -p berth-shim
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 
 sock=$("$bin/berthd" config dump | sed -n 's/^address = "\(.*\)"/\1/p')
@@ -37,6 +39,35 @@ run ctr --address "$sock" -n "$ns" content ls
 run $ctl -n "$ns" lease rm demo-lease --sync
 run $ctl -n "$ns" content ls
 run $ctl -n "$ns" gc
+
+# A one-layer busybox image, as an OCI archive made here (no registry, no internet needed).
+img=$(mktemp -d /tmp/berth-demo-image.XXXXXX)
+mkdir -p "$img/rootfs/bin" "$img/oci/blobs/sha256"
+cp /bin/busybox "$img/rootfs/bin/busybox"
+for a in sh echo hostname cat; do ln -s busybox "$img/rootfs/bin/$a"; done
+tar -C "$img/rootfs" -cf "$img/layer.tar" .
+blob() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$img/oci/blobs/sha256/$d"; echo "$d $(stat -c %s "$img/oci/blobs/sha256/$d")"; }
+read -r ld ls < <(blob "$img/layer.tar")
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$ld" >"$img/config"
+read -r cd cs < <(blob "$img/config")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$cd" "$cs" "$ld" "$ls" >"$img/manifest"
+read -r md ms < <(blob "$img/manifest")
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"demo.local/busybox:latest"}}]}' "$md" "$ms" >"$img/oci/index.json"
+echo '{"imageLayoutVersion":"1.0.0"}' >"$img/oci/oci-layout"
+tar -C "$img/oci" -cf "$img/image.tar" .
+run ctr --address "$sock" -n "$ns" images import "$img/image.tar"
+run $ctl -n "$ns" images
+echo "\$ ctr run --rm demo.local/busybox:latest hello sh -c 'echo hello from a Berth container, pid \$\$; exit 3'"
+set +e
+ctr --address "$sock" -n "$ns" run --rm demo.local/busybox:latest hello \
+    sh -c 'echo hello from a Berth container, pid $$; exit 3'
+code=$?
+set -e
+echo "(exit code $code: the container's)"
+[ "$code" = 3 ] || { echo "expected exit code 3" >&2; exit 1; }
+echo
+run ctr --address "$sock" -n "$ns" images rm --sync demo.local/busybox:latest
+rm -rf "$img"
 run $ctl namespace rm "$ns"
 run ctr --address "$sock" version
 rm -f "$log.blob"

@@ -209,6 +209,58 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        reap_tasks(&self.state());
+    }
+}
+
+/// Kills what a test's tasks left behind (a test that fails half-way leaves shims and their
+/// containers running): each shim's children (a container init, whose pid namespace dies with
+/// it), then the shim, then the rootfs mount and the container's cgroups.
+pub fn reap_tasks(state: &Path) {
+    let Ok(namespaces) = std::fs::read_dir(state.join("tasks")) else {
+        return;
+    };
+    for ns in namespaces.flatten() {
+        let Ok(tasks) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default();
+                for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                    signal(child, libc::SIGKILL);
+                }
+                signal(pid as u32, libc::SIGKILL);
+            }
+            let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            let cgroup = std::fs::read_to_string(dir.join("config.json"))
+                .ok()
+                .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+                .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_owned));
+            if let Some(cg) = cgroup {
+                let rel = cg.trim_start_matches('/').to_owned();
+                for _ in 0..50 {
+                    let mut left = false;
+                    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+                        for h in hierarchies.flatten() {
+                            let d = h.path().join(&rel);
+                            if d.exists() && std::fs::remove_dir(&d).is_err() {
+                                left = true;
+                            }
+                        }
+                    }
+                    if !left {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
     }
 }
 

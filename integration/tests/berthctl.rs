@@ -29,10 +29,12 @@ fn version_and_info() {
         .iter()
         .find(|p| p["type"] == "io.containerd.grpc.v1" && p["id"] == "tasks")
         .unwrap();
-    assert_eq!(
-        tasks["status"], "error",
-        "unbuilt services must not claim to be ok"
-    );
+    assert_eq!(tasks["status"], "ok", "{tasks}");
+    let runtime = plugins
+        .iter()
+        .find(|p| p["type"] == "io.containerd.runtime.v2" && p["id"] == "task")
+        .unwrap();
+    assert_eq!(runtime["status"], "ok", "{runtime}");
 
     let table = d.berthctl(&["info"]).ok();
     assert!(table.contains("io.containerd.content.v1"), "{table}");

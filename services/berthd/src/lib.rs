@@ -25,6 +25,7 @@ pub use config::Config;
 /// The opened daemon: stores wired to services, with the root locked for as long as it lives.
 pub struct Daemon {
     services: Services,
+    tasks: Arc<berth_tasks::LocalTasks>,
     _lock: Flock<File>,
 }
 
@@ -77,6 +78,12 @@ impl Daemon {
                 ..Default::default()
             },
         )?);
+        let tasks = berth_tasks::LocalTasks::new(
+            config.state.join("tasks"),
+            shim_binary(),
+            published.clone(),
+            exchange.clone(),
+        )?;
         let services = Services {
             applier: differ.clone(),
             comparer: differ,
@@ -90,17 +97,33 @@ impl Daemon {
             gc: metadata,
             server,
             transfer: Some(transfer),
+            tasks: Some(tasks.clone()),
         };
         Ok(Self {
             services,
+            tasks,
             _lock: lock,
         })
+    }
+
+    /// Reconnects to the shims a previous berthd left running (call once, before serving).
+    pub async fn recover_tasks(&self) -> Result<()> {
+        self.tasks.recover().await
     }
 
     /// The services this daemon serves.
     pub fn services(&self) -> &Services {
         &self.services
     }
+}
+
+/// `berth-shim` next to this executable (an install or a cargo target dir), else from PATH.
+fn shim_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("berth-shim"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from("berth-shim"))
 }
 
 /// Serves `services` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
@@ -159,6 +182,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
     let daemon = Daemon::open(&config)?;
+    daemon.recover_tasks().await?;
     let listener = bind(&config.grpc.address, config.grpc.mode)?;
     tracing::info!(
         address = %config.grpc.address.display(),

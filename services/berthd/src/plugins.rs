@@ -7,8 +7,6 @@ use berth_grpc::PluginEntry;
 
 use crate::Config;
 
-const NOT_YET: &str = "not implemented in this version of berthd";
-
 /// The overlayfs snapshotter's root under the daemon's root, named as containerd names it.
 pub const OVERLAYFS_ROOT: &str = "io.containerd.snapshotter.v1.overlayfs";
 /// The native snapshotter's root under the daemon's root.
@@ -86,13 +84,15 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
         "walking",
         &["io.containerd.metadata.v1"],
     ));
-    for (kind, id) in [
-        ("io.containerd.runtime.v2", "task"),
-        ("io.containerd.grpc.v1", "tasks"),
-    ] {
-        let mut e = entry(kind, id, &[]);
-        e.init_error = Some(NOT_YET.to_owned());
-        table.push(e);
-    }
+    table.push(entry(
+        "io.containerd.runtime.v2",
+        "task",
+        &["io.containerd.event.v1", "io.containerd.metadata.v1"],
+    ));
+    table.push(entry(
+        "io.containerd.grpc.v1",
+        "tasks",
+        &["io.containerd.runtime.v2", "io.containerd.metadata.v1"],
+    ));
     table
 }

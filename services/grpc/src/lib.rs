@@ -22,6 +22,7 @@ pub mod layers;
 pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
+pub mod tasks;
 pub mod transfer;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct Services {
     pub containers: Arc<dyn ContainerStore>,
     /// The event bus: what the Events service publishes to and subscribes on.
     pub events: Arc<dyn EventExchange>,
+    /// Tasks (one shim per container); the Tasks service is only routed when this is set.
+    pub tasks: Option<Arc<dyn berth_core::tasks::TaskManager>>,
     /// Applies layers onto mounts.
     pub applier: Arc<dyn Applier>,
     /// Computes layers from two mounts.
@@ -88,6 +91,14 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
 
     let max = berth_proto::MAX_MESSAGE_SIZE;
     let mut routes = tonic::service::Routes::default();
+    if let Some(tasks) = &services.tasks {
+        use berth_proto::containerd::services::tasks::v1::tasks_server::TasksServer;
+        routes = routes.add_service(
+            TasksServer::new(tasks::TasksService::new(tasks.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+    }
     routes = routes
         .add_service(
             ContentServer::new(content::ContentService::new(services.content.clone()))

@@ -1,0 +1,293 @@
+//! Containers run through berthd by containerd's own `ctr`: `ctr run` (foreground, detached),
+//! `ctr tasks …`, and tasks surviving a SIGKILL of berthd.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use berth_integration::testimage::TestImage;
+use berth_integration::{CmdOutput, Daemon};
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// A daemon with the busybox test image imported (and unpacked) in namespace `ns`.
+fn daemon_with_image(ns: &str) -> (Daemon, TestImage, tempfile::TempDir) {
+    let d = Daemon::start();
+    let image = TestImage::one_layer();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    image.write_oci_archive(&archive);
+    d.ctr(&["-n", ns, "images", "import", archive.to_str().unwrap()])
+        .ok();
+    (d, image, dir)
+}
+
+fn ctr(d: &Daemon, ns: &str, args: &[&str]) -> CmdOutput {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    d.ctr(&all)
+}
+
+fn task_status(d: &Daemon, ns: &str, id: &str) -> Option<String> {
+    let ls = ctr(d, ns, &["tasks", "ls"]).ok();
+    ls.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&id))
+        .and_then(|f| f.get(2).map(|s| s.to_string()))
+}
+
+fn wait_status(d: &Daemon, ns: &str, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = task_status(d, ns, id);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: status {got:?}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctr_run_rm_prints_output_and_returns_the_exit_code() {
+    let ns = unique("run");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    let out = ctr(
+        &d,
+        &ns,
+        &[
+            "run",
+            "--rm",
+            &image.name,
+            &id,
+            "sh",
+            "-c",
+            "echo hello from pid $$; exit 3",
+        ],
+    );
+    assert_eq!(out.output.status.code(), Some(3), "{}", out.stderr());
+    // pid 1: the container has its own pid namespace.
+    assert_eq!(out.stdout(), "hello from pid 1\n");
+    // --rm removed the task, the container and its snapshot.
+    assert!(!ctr(&d, &ns, &["containers", "ls", "-q"]).ok().contains(&id));
+    assert!(task_status(&d, &ns, &id).is_none());
+    let snapshots = ctr(&d, &ns, &["snapshots", "ls"]).ok();
+    assert!(!snapshots.contains(&id), "{snapshots}");
+}
+
+#[test]
+fn a_detached_task_is_listed_execs_pauses_and_is_killed() {
+    let ns = unique("detached");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    ctr(&d, &ns, &["run", "-d", &image.name, &id, "sleep", "1000"]).ok();
+    wait_status(&d, &ns, &id, "RUNNING");
+
+    let exec = ctr(
+        &d,
+        &ns,
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "sh",
+            "-c",
+            "echo in $(cat /proc/1/comm); exit 4",
+        ],
+    );
+    assert_eq!(exec.output.status.code(), Some(4), "{}", exec.stderr());
+    // The exec'd process sees the container's init as pid 1.
+    assert_eq!(exec.stdout(), "in sleep\n");
+
+    let ps = ctr(&d, &ns, &["tasks", "ps", &id]).ok();
+    assert!(ps.lines().count() >= 2, "{ps}");
+
+    ctr(&d, &ns, &["tasks", "pause", &id]).ok();
+    wait_status(&d, &ns, &id, "PAUSED");
+    ctr(&d, &ns, &["tasks", "resume", &id]).ok();
+    wait_status(&d, &ns, &id, "RUNNING");
+
+    let metrics = ctr(&d, &ns, &["tasks", "metrics", &id]).ok();
+    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+
+    // A running task cannot be deleted.
+    let err = ctr(&d, &ns, &["tasks", "rm", &id]).fails();
+    assert!(err.contains("must be stopped"), "{err}");
+
+    ctr(&d, &ns, &["tasks", "kill", "-s", "SIGKILL", &id]).ok();
+    wait_status(&d, &ns, &id, "STOPPED");
+    ctr(&d, &ns, &["tasks", "rm", &id]).ok();
+    ctr(&d, &ns, &["containers", "rm", &id]).ok();
+    assert!(task_status(&d, &ns, &id).is_none());
+}
+
+#[test]
+fn tasks_survive_a_sigkill_of_berthd_and_exits_while_down_are_found() {
+    let ns = unique("restart");
+    let (mut d, image, _dir) = daemon_with_image(&ns);
+    let long: Vec<String> = (0..3).map(|_| unique("long")).collect();
+    for id in &long {
+        ctr(&d, &ns, &["run", "-d", &image.name, id, "sleep", "1000"]).ok();
+    }
+    let short = unique("short");
+    ctr(
+        &d,
+        &ns,
+        &[
+            "run",
+            "-d",
+            &image.name,
+            &short,
+            "sh",
+            "-c",
+            "sleep 1; exit 7",
+        ],
+    )
+    .ok();
+    for id in &long {
+        wait_status(&d, &ns, id, "RUNNING");
+    }
+    d.kill9();
+    // The short one exits while nobody listens.
+    std::thread::sleep(Duration::from_millis(1500));
+    d.restart();
+    for id in &long {
+        wait_status(&d, &ns, id, "RUNNING");
+    }
+    wait_status(&d, &ns, &short, "STOPPED");
+    // Its real exit status, through Get and Wait, though it exited while berthd was down.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use berth_proto::containerd::services::tasks::v1 as pb;
+        let client = d.client(&ns).await;
+        let got = client
+            .rpc()
+            .tasks()
+            .get(pb::GetRequest {
+                container_id: short.clone(),
+                exec_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .process
+            .unwrap();
+        assert_eq!(got.exit_status, 7);
+        let waited = client
+            .rpc()
+            .tasks()
+            .wait(pb::WaitRequest {
+                container_id: short.clone(),
+                exec_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(waited.exit_status, 7);
+        assert!(waited.exited_at.is_some());
+    });
+    ctr(&d, &ns, &["tasks", "rm", &short]).ok();
+    // Still controllable after the restart.
+    for id in &long {
+        ctr(&d, &ns, &["tasks", "kill", "-s", "SIGKILL", id]).ok();
+        wait_status(&d, &ns, id, "STOPPED");
+        ctr(&d, &ns, &["tasks", "rm", id]).ok();
+        ctr(&d, &ns, &["containers", "rm", id]).ok();
+    }
+    ctr(&d, &ns, &["containers", "rm", &short]).ok();
+}
+
+/// What a daemon's tasks hold on the host: mounts under its state dir, shims, task dirs, the
+/// namespace's cgroups, and berthd's open descriptors.
+fn footprint(d: &Daemon, ns: &str) -> (usize, usize, usize, usize, usize) {
+    let state = d.state().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&state))
+        .count();
+    let shims = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("berth-shim") && c.contains(&state)
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    let dirs = std::fs::read_dir(d.state().join("tasks").join(ns))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    let cgroups = std::fs::read_dir(format!("/sys/fs/cgroup/memory/{ns}"))
+        .map(|r| r.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .count();
+    (mounts, shims, dirs, cgroups, fds)
+}
+
+#[test]
+fn fifty_concurrent_runs_and_a_hundred_cycles_leave_nothing_behind() {
+    let ns = unique("load");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let before = footprint(&d, &ns);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (d, ns, name) = (&d, &ns, &image.name);
+                s.spawn(move || {
+                    let id = format!("par-{i}");
+                    let out = ctr(
+                        d,
+                        ns,
+                        &["run", "--rm", name, &id, "sh", "-c", "echo $0", &id],
+                    );
+                    assert_eq!(out.output.status.code(), Some(0), "{}", out.stderr());
+                    assert_eq!(out.stdout(), format!("{id}\n"));
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    for i in 0..100 {
+        let id = format!("seq-{i}");
+        let out = ctr(&d, &ns, &["run", "--rm", &image.name, &id, "true"]);
+        assert_eq!(out.output.status.code(), Some(0), "{}", out.stderr());
+    }
+    let after = footprint(&d, &ns);
+    let (m0, s0, d0, c0, f0) = before;
+    let (m1, s1, d1, c1, f1) = after;
+    assert_eq!(
+        (m1, s1, d1, c1),
+        (m0, s0, d0, c0),
+        "mounts, shims, task dirs, cgroups"
+    );
+    // A few descriptors may come and go with gRPC connections; a leak per run would show 150.
+    assert!(f1 <= f0 + 10, "berthd descriptors {f0} -> {f1}");
+    assert!(
+        ctr(&d, &ns, &["containers", "ls", "-q"])
+            .ok()
+            .trim()
+            .is_empty()
+    );
+}
