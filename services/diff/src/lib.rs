@@ -5,10 +5,11 @@
 //! the gRPC layer calls them on a blocking thread.
 //!
 //! Apply (Diff.Apply):
-//! 1. The blob is read from the content store and its compressed digest checked as it
-//!    streams by; decompression is chosen by magic bytes (gzip, zstd, else a plain tar)
-//!    whatever the media type says, but only layer media types are accepted, and encrypted
-//!    ones are NotImplemented.
+//! 1. The blob is read from the content store and decompressed; its compressed digest is
+//!    checked and the diffID computed on threads beside the untar (`pipeline`), and a blob
+//!    whose digest does not match is DataLoss. Decompression is chosen by magic bytes (gzip,
+//!    zstd, else a plain tar) whatever the media type says, but only layer media types are
+//!    accepted, and encrypted ones are NotImplemented.
 //! 2. Where it goes depends on the mounts: a single overlay mount with an `upperdir` is
 //!    applied straight into that directory, whiteouts becoming overlayfs whiteouts; a single
 //!    bind mount straight into its source; anything else is mounted on a temporary
@@ -23,7 +24,7 @@
 //!
 //! Layout: [`apply`] (safe untar), [`compare`] (tree walk to tar), [`compress`], `guard`
 //! (tar extension size limit), `fsx` (descriptor-relative file operations), `mounts`
-//! (temporary mounts).
+//! (temporary mounts), `pipeline` (the threads of one apply).
 
 pub mod apply;
 pub mod compare;
@@ -31,8 +32,9 @@ pub mod compress;
 mod fsx;
 mod guard;
 mod mounts;
+mod pipeline;
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -77,7 +79,8 @@ impl WalkingDiff {
         self
     }
 
-    /// Streams the blob through decompression into `apply_tar`, then checks its digest.
+    /// Streams the blob through decompression into `apply_tar` while its digest and the
+    /// diffID are computed on threads beside it ([`pipeline`]), then checks its digest.
     /// Returns the diffID and uncompressed size.
     fn unpack(
         &self,
@@ -86,29 +89,8 @@ impl WalkingDiff {
         root: &Path,
         whiteouts: &Whiteouts,
     ) -> Result<(Digest, u64)> {
-        let mut compressed = BlobRead {
-            blob,
-            offset: 0,
-            digester: Digester::new(),
-        };
-        let applied = (|| {
-            let decompressed =
-                compress::decompress(BufReader::with_capacity(BUFFER, &mut compressed)).map_err(
-                    |e| Error::invalid_argument("start decompressing layer").with_source(e),
-                )?;
-            let mut tar = Hashing {
-                inner: decompressed,
-                digester: Digester::new(),
-                count: 0,
-            };
-            apply_tar(&mut tar, root, whiteouts)?;
-            // The diffID covers the whole stream, including what follows the end marker.
-            io::copy(&mut tar, &mut io::sink())
-                .map_err(|e| Error::invalid_argument("read layer to its end").with_source(e))?;
-            Ok((tar.digester.finish(), tar.count))
-        })();
+        let (actual, applied) = pipeline::run(blob, |tar| apply_tar(tar, root, whiteouts))?;
         // The digest decides first: a corrupt blob is DataLoss whatever the untar made of it.
-        let actual = compressed.finish()?;
         if actual != desc.digest {
             return Err(Error::data_loss(format!(
                 "layer blob {}: content has digest {actual}",
@@ -368,60 +350,11 @@ impl View {
     }
 }
 
-/// Sequential reads of a blob that hash every byte read; each read fills the buffer unless
-/// the blob ends.
-struct BlobRead<'a> {
-    blob: &'a dyn ReaderAt,
-    offset: u64,
-    digester: Digester,
-}
-
-impl BlobRead<'_> {
-    /// Hashes whatever was not read yet and returns the digest of the whole blob.
-    fn finish(mut self) -> Result<Digest> {
-        let mut buf = vec![0; BUFFER];
-        while self
-            .read(&mut buf)
-            .map_err(|e| Error::io("read layer blob", e))?
-            > 0
-        {}
-        Ok(self.digester.finish())
-    }
-}
-
-impl Read for BlobRead<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            let k = self
-                .blob
-                .read_at(&mut buf[n..], self.offset)
-                .map_err(io::Error::other)?;
-            if k == 0 {
-                break;
-            }
-            self.offset += k as u64;
-            n += k;
-        }
-        self.digester.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// Counts and hashes what passes through, in either direction.
+/// Counts and hashes what is written through it.
 struct Hashing<T> {
     inner: T,
     digester: Digester,
     count: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.digester.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
 }
 
 impl<W: Write> Write for Hashing<W> {
