@@ -289,7 +289,6 @@ fn ctr_detached_task_with_berth_runc() {
 /// with the reason on its stderr. See `failures_after_setup_starts_are_reported_by_create_and_exec`
 /// in runc_cli.rs.
 #[test]
-#[ignore = "berth-runc reports failures after Ready only on stderr (runtime/src/process.rs)"]
 fn ctr_exec_with_a_missing_cwd_fails_with_the_reason() {
     for &kind in RUNTIMES {
         let s = Setup::new(kind);

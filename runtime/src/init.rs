@@ -68,6 +68,12 @@ pub fn container(
     if plan.process.terminal {
         hs.console()?;
     }
+    // A missing working directory is created (as root, before the root may turn read-only and
+    // before the user switch), as runc does.
+    if let Err(Errno::ENOENT) = sys.file_kind(&plan.process.cwd) {
+        sys.mkdir_all(&plan.process.cwd, 0o755)
+            .map_err(|e| sys_err(format!("create cwd {}", plan.process.cwd.display()), e))?;
+    }
     rootfs::finalize(sys, plan)?;
     if let Some(h) = &plan.hostname {
         sys.sethostname(h)

@@ -111,6 +111,11 @@ impl Channel {
             .map_err(|e| Error::internal(format!("decode sync message: {e}")))
     }
 
+    /// Closes both directions: the parent's next receive sees the end of the channel.
+    pub fn close(&self) {
+        let _ = nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+
     fn expect(&self, what: &str, want: impl Fn(&SyncMsg) -> bool) -> Result<SyncMsg> {
         match self.recv()? {
             Some(SyncMsg::Error { kind, message }) => Err(Error::new(kind_from(&kind), message)),
@@ -295,7 +300,16 @@ fn parent_side(
     let state = parent.child_started(pid)?;
     ch.send(&SyncMsg::Continue { state })?;
     ch.expect("it was ready", |m| *m == SyncMsg::Ready)?;
-    Ok(pid)
+    // The child keeps the channel until it is about to block on the exec FIFO (init) or has
+    // exec'd (the descriptor is close-on-exec), so a failure in between (user, capabilities,
+    // cwd, execve) still comes back here instead of vanishing into the container's stderr.
+    match ch.recv()? {
+        None => Ok(pid),
+        Some(SyncMsg::Error { kind, message }) => Err(Error::new(kind_from(&kind), message)),
+        Some(m) => Err(Error::internal(format!(
+            "sync channel: unexpected {m:?} after ready"
+        ))),
+    }
 }
 
 fn write_id_maps(pid: i32, maps: &IdMappings) -> Result<()> {
@@ -382,10 +396,10 @@ fn intermediate(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Result<()> {
     match unsafe { nix::unistd::fork() }.map_err(|e| sys_err("fork the container process", e))? {
         ForkResult::Child => {
             let err = child(ch, stage, fds);
-            // Only reached on failure: before Ready the parent reports it; after, stderr is the
-            // only place left that someone reads.
-            if let Some((e, ready)) = err {
-                if ready {
+            // Only reached on failure: while the channel is open the parent reports it; once
+            // it is closed (the init waits for start), stderr is the only place left.
+            if let Some((e, closed)) = err {
+                if closed {
                     eprintln!("berth-runc: {e}");
                 } else {
                     let _ = ch.send(&error_msg(&e));
@@ -411,7 +425,7 @@ fn ns_name(flag: CloneFlags) -> &'static str {
         .unwrap_or("?")
 }
 
-/// Runs the final stage; returns only on failure, with whether Ready was already sent.
+/// Runs the final stage; returns only on failure, with whether the channel was closed.
 fn child(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Option<(Error, bool)> {
     let state = match ch.expect("the go-ahead to set up", |m| {
         matches!(m, SyncMsg::Continue { .. })
@@ -430,7 +444,7 @@ fn child(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Option<(Error, bool)
         fds,
         hooks,
         state,
-        ready: false,
+        closed: false,
     };
     let res = match stage {
         Stage::Init {
@@ -442,7 +456,7 @@ fn child(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Option<(Error, bool)
     };
     match res {
         Ok(never) => match never {},
-        Err(e) => Some((e, hs.ready)),
+        Err(e) => Some((e, hs.closed)),
     }
 }
 
@@ -451,7 +465,7 @@ struct ChildHandshake<'a> {
     fds: ChildFds,
     hooks: Option<oci_spec::runtime::Hooks>,
     state: String,
-    ready: bool,
+    closed: bool,
 }
 
 impl Handshake for ChildHandshake<'_> {
@@ -471,15 +485,16 @@ impl Handshake for ChildHandshake<'_> {
     }
 
     fn ready(&mut self) -> Result<()> {
-        self.ch.send(&SyncMsg::Ready)?;
-        self.ready = true;
-        Ok(())
+        self.ch.send(&SyncMsg::Ready)
     }
 
     fn wait_for_start(&mut self) -> Result<()> {
         let Some(fifo) = self.fds.exec_fifo.take() else {
             return Ok(());
         };
+        // Setup is complete: let `create` return before blocking until `start`.
+        self.ch.close();
+        self.closed = true;
         // Opening the FIFO for writing blocks until `start` opens it for reading.
         let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
         let w = nix::fcntl::open(
@@ -494,7 +509,14 @@ impl Handshake for ChildHandshake<'_> {
 
     fn start_container_hooks(&mut self) -> Result<()> {
         let list = Phase::StartContainer.of(self.hooks.as_ref());
-        hooks::run(Phase::StartContainer, &list, &self.state)
+        if list.is_empty() {
+            return Ok(());
+        }
+        // By now the container is created (runc passes that status to these hooks).
+        let state = self
+            .state
+            .replacen("\"status\":\"creating\"", "\"status\":\"created\"", 1);
+        hooks::run(Phase::StartContainer, &list, &state)
     }
 
     fn preserved_fds(&self) -> i32 {

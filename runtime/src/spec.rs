@@ -397,7 +397,8 @@ impl ProcessPlan {
                 let raisable = sets.permitted & sets.inheritable;
                 let dropped = sets.ambient & !raisable;
                 if dropped != 0 {
-                    tracing::warn!(
+                    // runc's own default spec asks for this: not worth a warning on every run.
+                    tracing::debug!(
                         "ambient capabilities {:?} are not both permitted and inheritable: not raised",
                         crate::capabilities::names(dropped)
                     );
