@@ -325,8 +325,51 @@ async fn publish_validates_topics_and_forward_keeps_the_envelope() {
     }
 }
 
-/// Kills the `ctr events` child however the test ends.
+/// Kills an `events` child however the test ends.
 struct Child(std::process::Child);
+
+/// Starts `cmd` with its stdout read line by line into the returned channel.
+fn spawn_lines(mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = Child(cmd.spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// Creates containers `<prefix>-0`, `<prefix>-1`, … in `client`'s namespace until a line with
+/// `/containers/create` arrives (the command subscribes at some point after it starts), and
+/// returns that line.
+async fn create_until_printed(
+    client: &berth_client::Client,
+    prefix: &str,
+    lines: &mpsc::Receiver<String>,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        assert!(Instant::now() < deadline, "nothing printed for {n} creates");
+        client
+            .containers()
+            .create(&container(&format!("{prefix}-{n}")))
+            .await
+            .unwrap();
+        match lines.recv_timeout(Duration::from_millis(300)) {
+            Ok(line) if line.contains("/containers/create") => return line,
+            Ok(line) => panic!("unexpected line: {line}"),
+            Err(_) => {}
+        }
+    }
+    unreachable!()
+}
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -339,46 +382,13 @@ impl Drop for Child {
 async fn ctr_events_prints_what_berthd_publishes() {
     let d = Daemon::start();
     let ns = "ev-ctr";
-    let mut child = Command::new(ctr_path());
-    child
-        .arg("--address")
+    let mut ctr = Command::new(ctr_path());
+    ctr.arg("--address")
         .arg(d.socket())
-        .args(["events", "topic~=\"^/containers/\""])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Child(child.spawn().unwrap());
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
-
-    // ctr subscribes at some point after it starts: create containers until it prints one.
+        .args(["events", "topic~=\"^/containers/\""]);
+    let (_child, lines) = spawn_lines(ctr);
     let client = d.client(ns).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut created = 0;
-    let line = 'found: loop {
-        assert!(
-            Instant::now() < deadline,
-            "ctr events printed nothing for {created} creates"
-        );
-        client
-            .containers()
-            .create(&container(&format!("ctr-ev-{created}")))
-            .await
-            .unwrap();
-        created += 1;
-        match lines.recv_timeout(Duration::from_millis(300)) {
-            Ok(line) if line.contains("/containers/create") => break 'found line,
-            Ok(line) => panic!("unexpected ctr events line: {line}"),
-            Err(_) => {}
-        }
-    };
+    let line = create_until_printed(&client, "ctr-ev", &lines).await;
     // `<time> <namespace> <topic> <event as JSON>`, the event decoded by ctr's type registry.
     let marker = format!(" {ns} /containers/create ");
     let json = &line[line.find(&marker).unwrap_or_else(|| panic!("{line}")) + marker.len()..];
@@ -409,4 +419,34 @@ async fn ctr_events_prints_what_berthd_publishes() {
         "{line}"
     );
     assert!(line.ends_with(r#"{"id":"ctr-ev-0"}"#), "{line}");
+}
+
+#[tokio::test]
+async fn berthctl_events_streams_json_lines() {
+    let d = Daemon::start();
+    let ns = "ev-berthctl";
+    let mut berthctl = Command::new(berth_integration::bin("berthctl"));
+    berthctl.arg("--address").arg(d.socket()).args([
+        "events",
+        "--format",
+        "json",
+        "topic==\"/containers/create\"",
+    ]);
+    let (_child, lines) = spawn_lines(berthctl);
+    let client = d.client(ns).await;
+    let line = create_until_printed(&client, "bctl", &lines).await;
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["namespace"], ns, "{line}");
+    assert_eq!(event["topic"], "/containers/create", "{line}");
+    assert_eq!(event["type"], "containerd.events.ContainerCreate", "{line}");
+    assert!(
+        event["event"]["id"].as_str().unwrap().starts_with("bctl-"),
+        "{line}"
+    );
+    assert_eq!(
+        event["event"]["runtime"]["name"], "io.containerd.runc.v2",
+        "{line}"
+    );
+    let time = event["timestamp"].as_str().unwrap();
+    assert!(time.ends_with('Z') && time.len() > 20, "{line}");
 }

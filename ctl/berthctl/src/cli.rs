@@ -103,6 +103,13 @@ pub enum Command {
     /// Export images as an OCI image-layout archive (`--archive-format docker`: one
     /// `docker load` also reads).
     Export(crate::commands::archive::ExportArgs),
+    /// Print events as they happen, in every namespace, until interrupted (as `ctr events`):
+    /// `<time> <namespace> <topic> <event>`, or one JSON object per line with --format json.
+    Events {
+        /// containerd filters on topic and namespace (e.g. topic=="/containers/create",
+        /// namespace==default,topic~="^/images/"); an event matching any is printed.
+        filters: Vec<String>,
+    },
 }
 
 /// `berthctl tag SOURCE TARGET...`.

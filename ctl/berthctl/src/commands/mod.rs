@@ -2,6 +2,7 @@
 
 pub(crate) mod archive;
 mod content;
+mod events;
 mod image;
 mod lease;
 pub(crate) mod login;
@@ -79,6 +80,7 @@ pub async fn run(cli: Cli) -> CmdResult {
         Command::Logout { host } => login::logout(&ctx, &host),
         Command::Import(args) => archive::import(&ctx, args).await,
         Command::Export(args) => archive::export(&ctx, args).await,
+        Command::Events { filters } => events::run(&ctx, filters).await,
     }
 }
 
