@@ -23,6 +23,9 @@ const DATA_FILE: &str = "data";
 
 /// Read size when re-hashing the bytes of a resumed ingest.
 const HASH_CHUNK: usize = 1 << 20;
+/// Every this many bytes appended, their writeback to disk is started (see
+/// [`start_writeback`]).
+const WRITEBACK_WINDOW: u64 = 4 << 20;
 
 /// The directory name of ingest `reference`: the hex sha256 of the ref, so that the ref never
 /// takes part in a path.
@@ -214,6 +217,8 @@ pub(crate) struct LocalWriter {
     file: File,
     digester: Digester,
     offset: u64,
+    /// Where the last started writeback ended.
+    flushed: u64,
     meta: IngestMeta,
     _lock: RefLock,
 }
@@ -261,6 +266,7 @@ impl LocalWriter {
             file,
             digester,
             offset,
+            flushed: offset,
             meta,
             _lock: lock,
         })
@@ -349,6 +355,22 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Starts writing `len` bytes of `file` from `offset` back to disk, without waiting. Commit
+/// fsyncs the blob; started early, the writeback of a large blob overlaps with its download
+/// instead of all of it waiting for that fsync. A hint only: its errors are ignored, the fsync
+/// reports real ones.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd as _;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range reads only its integer arguments and touches no memory of ours;
+    // `file` is borrowed, so its descriptor stays open for the call.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 fn hash_file(file: &File) -> io::Result<(Digester, u64)> {
     let mut digester = Digester::new();
     let mut buf = vec![0; HASH_CHUNK];
@@ -409,6 +431,7 @@ impl Writer for LocalWriter {
             .map_err(|e| self.data_error("truncate", e))?;
         self.digester = Digester::new();
         self.offset = 0;
+        self.flushed = 0;
         debug!(reference = self.reference, "truncated ingest");
         Ok(())
     }
@@ -428,6 +451,10 @@ impl Writer for LocalWriter {
         }
         self.digester.update(data);
         self.offset += data.len() as u64;
+        if self.offset - self.flushed >= WRITEBACK_WINDOW {
+            start_writeback(&self.file, self.flushed, self.offset - self.flushed);
+            self.flushed = self.offset;
+        }
         Ok(())
     }
 

@@ -48,6 +48,10 @@ const OVERLAY_OPAQUE: &CStr = c"trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 /// Copy buffer for file contents: large, so applying is bound by decompression.
 const COPY_BUFFER: usize = 1 << 20;
+/// Every this many bytes of one file, their writeback to disk is started
+/// ([`fsx::start_writeback`]). Smaller files are left to the sync at the end of the layer, so
+/// many small files cost no extra syscalls.
+const WRITEBACK_WINDOW: u64 = 4 << 20;
 
 /// How whiteouts in the layer are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,6 +448,7 @@ impl Unpacker {
         let mut file = File::from(fd);
         let want = entry.size();
         let mut written = 0u64;
+        let mut flushed = 0u64;
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
@@ -454,6 +459,10 @@ impl Unpacker {
             file.write_all(&self.buf[..n])
                 .map_err(|e| Error::io(format!("write layer entry {:?}", lossy(raw)), e))?;
             written += n as u64;
+            if written - flushed >= WRITEBACK_WINDOW {
+                fsx::start_writeback(file.as_fd(), flushed, written - flushed);
+                flushed = written;
+            }
         }
         if written != want {
             return Err(bad_entry(

@@ -18,6 +18,21 @@ use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+/// Starts writing `len` bytes of `fd` from `offset` back to disk, without waiting. The apply
+/// ends with one `syncfs`; started early, the writeback overlaps with decompressing and untarring
+/// the rest of the layer instead of all of it waiting for that sync. A hint only: its errors
+/// are ignored, the sync reports real ones.
+pub(crate) fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range reads only its integer arguments and touches no memory of ours;
+    // the descriptor is borrowed, so it stays open for the call.
+    unsafe {
+        libc::sync_file_range(fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// Resolution as if `root` were `/`: symlinks and `..` can never leave it.
 fn in_root() -> ResolveFlag {
     ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS
