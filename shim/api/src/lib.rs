@@ -10,9 +10,9 @@
 //! Field numbers are this protocol's own, except [`Metrics`], which mirrors containerd's
 //! `io.containerd.cgroups.v1.Metrics` so the daemon can hand its bytes to clients unchanged.
 
-#![allow(missing_docs)] // prost-derived fields are documented by their message's doc comment
-// Messages live for one request; boxing the big variants would buy nothing but allocations.
-#![allow(clippy::large_enum_variant)]
+// Prost-derived fields are documented by their message's doc comment; messages live for one
+// request, so boxing the big variants would buy nothing but allocations.
+#![allow(missing_docs, clippy::large_enum_variant)]
 
 use prost::Message;
 
