@@ -26,7 +26,10 @@ fn main() {
         git(&["symbolic-ref", "-q", "HEAD"]),
     ) {
         // Only files that exist: a missing one would rerun this script on every build.
-        for f in [format!("{common}/{head_ref}"), format!("{common}/packed-refs")] {
+        for f in [
+            format!("{common}/{head_ref}"),
+            format!("{common}/packed-refs"),
+        ] {
             if std::path::Path::new(&f).exists() {
                 println!("cargo:rerun-if-changed={f}");
             }
