@@ -42,19 +42,7 @@ run $ctl -n "$ns" gc
 
 # A one-layer busybox image, as an OCI archive made here (no registry, no internet needed).
 img=$(mktemp -d /tmp/berth-demo-image.XXXXXX)
-mkdir -p "$img/rootfs/bin" "$img/oci/blobs/sha256"
-cp /bin/busybox "$img/rootfs/bin/busybox"
-for a in sh echo hostname cat; do ln -s busybox "$img/rootfs/bin/$a"; done
-tar -C "$img/rootfs" -cf "$img/layer.tar" .
-blob() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$img/oci/blobs/sha256/$d"; echo "$d $(stat -c %s "$img/oci/blobs/sha256/$d")"; }
-read -r ld ls < <(blob "$img/layer.tar")
-printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$ld" >"$img/config"
-read -r cd cs < <(blob "$img/config")
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$cd" "$cs" "$ld" "$ls" >"$img/manifest"
-read -r md ms < <(blob "$img/manifest")
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"demo.local/busybox:latest"}}]}' "$md" "$ms" >"$img/oci/index.json"
-echo '{"imageLayoutVersion":"1.0.0"}' >"$img/oci/oci-layout"
-tar -C "$img/oci" -cf "$img/image.tar" .
+scripts/make-busybox-image.sh "$img/image.tar" demo.local/busybox:latest
 run ctr --address "$sock" -n "$ns" images import "$img/image.tar"
 run $ctl -n "$ns" images
 echo "\$ ctr run --rm demo.local/busybox:latest hello sh -c 'echo hello from a Berth container, pid \$\$; exit 3'"
