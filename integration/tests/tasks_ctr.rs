@@ -291,3 +291,28 @@ fn fifty_concurrent_runs_and_a_hundred_cycles_leave_nothing_behind() {
             .is_empty()
     );
 }
+
+#[test]
+fn ctr_run_with_a_terminal_goes_through_the_shims_pty() {
+    let ns = unique("tty");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    // `ctr run -t` needs a terminal on its own stdin: script(1) gives it one; berthd's shim
+    // then allocates the container's pty and copies it to ctr's FIFOs.
+    let line = format!(
+        "{ctr} --address {sock} --namespace {ns} run -t --rm {image} {id} sh -c 'tty; exit 5'",
+        ctr = berth_integration::ctr_path().display(),
+        sock = d.socket().display(),
+        image = image.name,
+    );
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["-k", "5", "30", "script", "-qec", &line, "/dev/null"]);
+    let out = CmdOutput::run_public(&mut cmd);
+    assert_eq!(out.output.status.code(), Some(5), "{}", out.stderr());
+    assert!(
+        out.stdout().contains("/dev/pts/0\r"),
+        "the process's stdout is the container's pty: {:?}",
+        out.stdout()
+    );
+    assert!(!ctr(&d, &ns, &["containers", "ls", "-q"]).ok().contains(&id));
+}
