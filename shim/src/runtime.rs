@@ -203,15 +203,19 @@ impl External {
         if out.status.success() {
             return Ok(out.stdout);
         }
-        Err(Error::new(
+        Err(self.failure(what, String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+    }
+
+    /// A failed command's error: the runtime's last logged error, else `fallback`.
+    fn failure(&self, what: &str, fallback: String) -> Error {
+        Error::new(
             ErrorKind::Unknown,
             format!(
                 "{} {what}: {}",
                 self.binary.display(),
-                self.last_error()
-                    .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())
+                self.last_error().unwrap_or(fallback)
             ),
-        ))
+        )
     }
 
     /// The last error message in the runtime's JSON log.
@@ -233,14 +237,7 @@ impl External {
         if status.success() {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::Unknown,
-                format!(
-                    "{} {what}: {}",
-                    self.binary.display(),
-                    self.last_error().unwrap_or_else(|| status.to_string())
-                ),
-            ))
+            Err(self.failure(what, status.to_string()))
         }
     }
 }

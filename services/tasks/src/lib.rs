@@ -274,6 +274,20 @@ impl LocalTasks {
         }
     }
 
+    /// The task, once its process `exec_id` is in a status that allows `op`.
+    async fn checked(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        exec_id: &str,
+        op: TaskOp,
+    ) -> Result<Arc<Task>> {
+        let task = self.task(ctx, id)?;
+        let st = self.state(&task, id, exec_id).await?;
+        st.status.check(op, &format!("task {id:?}"))?;
+        Ok(task)
+    }
+
     async fn call_unit(
         &self,
         ctx: &RequestContext,
@@ -452,9 +466,7 @@ impl TaskManager for LocalTasks {
         exec_id: &'a str,
     ) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
-            let task = self.task(ctx, id)?;
-            let st = self.state(&task, id, exec_id).await?;
-            st.status.check(TaskOp::Start, &format!("task {id:?}"))?;
+            let task = self.checked(ctx, id, exec_id, TaskOp::Start).await?;
             let pid = match task
                 .client
                 .call(api::request::Body::Start(api::ProcessRef {
@@ -489,9 +501,7 @@ impl TaskManager for LocalTasks {
         id: &'a str,
     ) -> BoxFuture<'a, Result<ExitInfo>> {
         Box::pin(async move {
-            let task = self.task(ctx, id)?;
-            let st = self.state(&task, id, "").await?;
-            st.status.check(TaskOp::Delete, &format!("task {id:?}"))?;
+            let task = self.checked(ctx, id, "", TaskOp::Delete).await?;
             let exit = Self::exit_of(
                 task.client
                     .call(api::request::Body::Delete(api::ProcessRef::default()))
@@ -622,9 +632,7 @@ impl TaskManager for LocalTasks {
         io: TaskIo,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let task = self.task(ctx, id)?;
-            let st = self.state(&task, id, "").await?;
-            st.status.check(TaskOp::Exec, &format!("task {id:?}"))?;
+            let task = self.checked(ctx, id, "", TaskOp::Exec).await?;
             task.client
                 .call(api::request::Body::Exec(api::ExecRequest {
                     exec_id: exec_id.to_owned(),
@@ -677,9 +685,7 @@ impl TaskManager for LocalTasks {
 
     fn pause<'a>(&'a self, ctx: &'a RequestContext, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let task = self.task(ctx, id)?;
-            let st = self.state(&task, id, "").await?;
-            st.status.check(TaskOp::Pause, &format!("task {id:?}"))?;
+            let task = self.checked(ctx, id, "", TaskOp::Pause).await?;
             task.client
                 .call(api::request::Body::Pause(api::Empty {}))
                 .await?;
@@ -693,9 +699,7 @@ impl TaskManager for LocalTasks {
 
     fn resume<'a>(&'a self, ctx: &'a RequestContext, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let task = self.task(ctx, id)?;
-            let st = self.state(&task, id, "").await?;
-            st.status.check(TaskOp::Resume, &format!("task {id:?}"))?;
+            let task = self.checked(ctx, id, "", TaskOp::Resume).await?;
             task.client
                 .call(api::request::Body::Resume(api::Empty {}))
                 .await?;
