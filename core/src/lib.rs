@@ -12,7 +12,9 @@
 //! - [`leases`], [`namespaces`], [`gc`]: the metadata-side traits.
 //! - [`containers`]: container records and the [`containers::ContainerStore`] trait.
 //! - [`events`]: envelopes, topics and the publish / subscribe traits of the event bus.
+//! - [`logs`]: containers' stdout/stderr logs and the [`logs::ContainerLogs`] trait.
 //! - [`any`]: [`AnyValue`], the opaque typed payload containers and events carry.
+//! - [`seccomp`]: Docker's default seccomp profile as data, shared by runtime and client.
 //!
 //! Nothing here knows about gRPC, databases or syscalls: services adapt these traits to the wire,
 //! and backends implement them.
@@ -30,9 +32,11 @@ pub mod identifiers;
 pub mod images;
 pub mod labels;
 pub mod leases;
+pub mod logs;
 pub mod mount;
 pub mod namespaces;
 pub mod reference;
+pub mod seccomp;
 pub mod snapshots;
 pub mod tasks;
 #[cfg(feature = "testsuite")]

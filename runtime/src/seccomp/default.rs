@@ -4,6 +4,9 @@
 //! Docker's groups conditioned on capabilities are kept (a container granted `CAP_SYS_ADMIN` may
 //! mount), those conditioned on a kernel version are taken as met (Berth needs a far newer kernel
 //! than 4.8 anyway), and the architecture groups follow the machine the runtime is built for.
+//!
+//! The lists are data in [`berth_core::seccomp::DOCKER_DEFAULT`], which berth-client reads too
+//! when it writes the profile into the specs berthctl builds.
 
 use std::collections::BTreeSet;
 
@@ -11,473 +14,40 @@ use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
     LinuxSeccompOperator, LinuxSyscall,
 };
+use serde::Deserialize;
 
-/// Syscalls every container may make.
-const ALLOWED: &[&str] = &[
-    "accept",
-    "accept4",
-    "access",
-    "adjtimex",
-    "alarm",
-    "bind",
-    "brk",
-    "cachestat",
-    "capget",
-    "capset",
-    "chdir",
-    "chmod",
-    "chown",
-    "chown32",
-    "clock_adjtime",
-    "clock_adjtime64",
-    "clock_getres",
-    "clock_getres_time64",
-    "clock_gettime",
-    "clock_gettime64",
-    "clock_nanosleep",
-    "clock_nanosleep_time64",
-    "close",
-    "close_range",
-    "connect",
-    "copy_file_range",
-    "creat",
-    "dup",
-    "dup2",
-    "dup3",
-    "epoll_create",
-    "epoll_create1",
-    "epoll_ctl",
-    "epoll_ctl_old",
-    "epoll_pwait",
-    "epoll_pwait2",
-    "epoll_wait",
-    "epoll_wait_old",
-    "eventfd",
-    "eventfd2",
-    "execve",
-    "execveat",
-    "exit",
-    "exit_group",
-    "faccessat",
-    "faccessat2",
-    "fadvise64",
-    "fadvise64_64",
-    "fallocate",
-    "fanotify_mark",
-    "fchdir",
-    "fchmod",
-    "fchmodat",
-    "fchmodat2",
-    "fchown",
-    "fchown32",
-    "fchownat",
-    "fcntl",
-    "fcntl64",
-    "fdatasync",
-    "fgetxattr",
-    "flistxattr",
-    "flock",
-    "fork",
-    "fremovexattr",
-    "fsetxattr",
-    "fstat",
-    "fstat64",
-    "fstatat64",
-    "fstatfs",
-    "fstatfs64",
-    "fsync",
-    "ftruncate",
-    "ftruncate64",
-    "futex",
-    "futex_requeue",
-    "futex_time64",
-    "futex_wait",
-    "futex_waitv",
-    "futex_wake",
-    "futimesat",
-    "getcpu",
-    "getcwd",
-    "getdents",
-    "getdents64",
-    "getegid",
-    "getegid32",
-    "geteuid",
-    "geteuid32",
-    "getgid",
-    "getgid32",
-    "getgroups",
-    "getgroups32",
-    "getitimer",
-    "getpeername",
-    "getpgid",
-    "getpgrp",
-    "getpid",
-    "getppid",
-    "getpriority",
-    "getrandom",
-    "getresgid",
-    "getresgid32",
-    "getresuid",
-    "getresuid32",
-    "getrlimit",
-    "get_robust_list",
-    "getrusage",
-    "getsid",
-    "getsockname",
-    "getsockopt",
-    "get_thread_area",
-    "gettid",
-    "gettimeofday",
-    "getuid",
-    "getuid32",
-    "getxattr",
-    "inotify_add_watch",
-    "inotify_init",
-    "inotify_init1",
-    "inotify_rm_watch",
-    "io_cancel",
-    "ioctl",
-    "io_destroy",
-    "io_getevents",
-    "io_pgetevents",
-    "io_pgetevents_time64",
-    "ioprio_get",
-    "ioprio_set",
-    "io_setup",
-    "io_submit",
-    "ipc",
-    "kill",
-    "landlock_add_rule",
-    "landlock_create_ruleset",
-    "landlock_restrict_self",
-    "lchown",
-    "lchown32",
-    "lgetxattr",
-    "link",
-    "linkat",
-    "listen",
-    "listxattr",
-    "llistxattr",
-    "_llseek",
-    "lremovexattr",
-    "lseek",
-    "lsetxattr",
-    "lstat",
-    "lstat64",
-    "madvise",
-    "map_shadow_stack",
-    "membarrier",
-    "memfd_create",
-    "memfd_secret",
-    "mincore",
-    "mkdir",
-    "mkdirat",
-    "mknod",
-    "mknodat",
-    "mlock",
-    "mlock2",
-    "mlockall",
-    "mmap",
-    "mmap2",
-    "mprotect",
-    "mq_getsetattr",
-    "mq_notify",
-    "mq_open",
-    "mq_timedreceive",
-    "mq_timedreceive_time64",
-    "mq_timedsend",
-    "mq_timedsend_time64",
-    "mq_unlink",
-    "mremap",
-    "msgctl",
-    "msgget",
-    "msgrcv",
-    "msgsnd",
-    "msync",
-    "munlock",
-    "munlockall",
-    "munmap",
-    "name_to_handle_at",
-    "nanosleep",
-    "newfstatat",
-    "_newselect",
-    "open",
-    "openat",
-    "openat2",
-    "pause",
-    "pidfd_open",
-    "pidfd_send_signal",
-    "pipe",
-    "pipe2",
-    "pkey_alloc",
-    "pkey_free",
-    "pkey_mprotect",
-    "poll",
-    "ppoll",
-    "ppoll_time64",
-    "prctl",
-    "pread64",
-    "preadv",
-    "preadv2",
-    "prlimit64",
-    "process_mrelease",
-    // Docker allows these three from kernel 4.8 on, once ptrace could no longer bypass seccomp.
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "pselect6",
-    "pselect6_time64",
-    "pwrite64",
-    "pwritev",
-    "pwritev2",
-    "read",
-    "readahead",
-    "readlink",
-    "readlinkat",
-    "readv",
-    "recv",
-    "recvfrom",
-    "recvmmsg",
-    "recvmmsg_time64",
-    "recvmsg",
-    "remap_file_pages",
-    "removexattr",
-    "rename",
-    "renameat",
-    "renameat2",
-    "restart_syscall",
-    "rmdir",
-    "rseq",
-    "rt_sigaction",
-    "rt_sigpending",
-    "rt_sigprocmask",
-    "rt_sigqueueinfo",
-    "rt_sigreturn",
-    "rt_sigsuspend",
-    "rt_sigtimedwait",
-    "rt_sigtimedwait_time64",
-    "rt_tgsigqueueinfo",
-    "sched_getaffinity",
-    "sched_getattr",
-    "sched_getparam",
-    "sched_get_priority_max",
-    "sched_get_priority_min",
-    "sched_getscheduler",
-    "sched_rr_get_interval",
-    "sched_rr_get_interval_time64",
-    "sched_setaffinity",
-    "sched_setattr",
-    "sched_setparam",
-    "sched_setscheduler",
-    "sched_yield",
-    "seccomp",
-    "select",
-    "semctl",
-    "semget",
-    "semop",
-    "semtimedop",
-    "semtimedop_time64",
-    "send",
-    "sendfile",
-    "sendfile64",
-    "sendmmsg",
-    "sendmsg",
-    "sendto",
-    "setfsgid",
-    "setfsgid32",
-    "setfsuid",
-    "setfsuid32",
-    "setgid",
-    "setgid32",
-    "setgroups",
-    "setgroups32",
-    "setitimer",
-    "setpgid",
-    "setpriority",
-    "setregid",
-    "setregid32",
-    "setresgid",
-    "setresgid32",
-    "setresuid",
-    "setresuid32",
-    "setreuid",
-    "setreuid32",
-    "setrlimit",
-    "set_robust_list",
-    "setsid",
-    "setsockopt",
-    "set_thread_area",
-    "set_tid_address",
-    "setuid",
-    "setuid32",
-    "setxattr",
-    "shmat",
-    "shmctl",
-    "shmdt",
-    "shmget",
-    "shutdown",
-    "sigaltstack",
-    "signalfd",
-    "signalfd4",
-    "sigprocmask",
-    "sigreturn",
-    "socket",
-    "socketcall",
-    "socketpair",
-    "splice",
-    "stat",
-    "stat64",
-    "statfs",
-    "statfs64",
-    "statx",
-    "symlink",
-    "symlinkat",
-    "sync",
-    "sync_file_range",
-    "syncfs",
-    "sysinfo",
-    "tee",
-    "tgkill",
-    "time",
-    "timer_create",
-    "timer_delete",
-    "timer_getoverrun",
-    "timer_gettime",
-    "timer_gettime64",
-    "timer_settime",
-    "timer_settime64",
-    "timerfd_create",
-    "timerfd_gettime",
-    "timerfd_gettime64",
-    "timerfd_settime",
-    "timerfd_settime64",
-    "times",
-    "tkill",
-    "truncate",
-    "truncate64",
-    "ugetrlimit",
-    "umask",
-    "uname",
-    "unlink",
-    "unlinkat",
-    "utime",
-    "utimensat",
-    "utimensat_time64",
-    "utimes",
-    "vfork",
-    "vmsplice",
-    "wait4",
-    "waitid",
-    "waitpid",
-    "write",
-    "writev",
-];
+/// The profile's data ([`berth_core::seccomp::DOCKER_DEFAULT`], shared with berth-client).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Data {
+    allowed: Vec<String>,
+    arch_allowed: ArchAllowed,
+    by_capability: Vec<CapabilityGroup>,
+    admin_only: Vec<String>,
+    personalities: Vec<u64>,
+    clone_namespace_flags: u64,
+}
 
-/// Syscalls only the machine's own architecture family has.
-const ARCH_ALLOWED: &[&str] = if cfg!(any(target_arch = "x86_64", target_arch = "x86")) {
-    &["arch_prctl", "modify_ldt"]
-} else if cfg!(any(target_arch = "aarch64", target_arch = "arm")) {
-    &[
-        "arm_fadvise64_64",
-        "arm_sync_file_range",
-        "breakpoint",
-        "cacheflush",
-        "set_tls",
-        "sync_file_range2",
-    ]
-} else if cfg!(target_arch = "riscv64") {
-    &["riscv_flush_icache"]
-} else {
-    &[]
-};
+/// Syscalls only one architecture family has.
+#[derive(Debug, Deserialize)]
+struct ArchAllowed {
+    x86: Vec<String>,
+    arm: Vec<String>,
+    riscv64: Vec<String>,
+}
 
-/// Syscalls allowed to a container that holds a capability (by number), as Docker groups them.
-const BY_CAPABILITY: &[(u8, &[&str])] = &[
-    // CAP_DAC_READ_SEARCH
-    (2, &["open_by_handle_at"]),
-    // CAP_SYS_MODULE
-    (16, &["delete_module", "finit_module", "init_module"]),
-    // CAP_SYS_RAWIO
-    (17, &["ioperm", "iopl"]),
-    // CAP_SYS_CHROOT
-    (18, &["chroot"]),
-    // CAP_SYS_PTRACE
-    (
-        19,
-        &[
-            "kcmp",
-            "pidfd_getfd",
-            "process_madvise",
-            "process_vm_readv",
-            "process_vm_writev",
-            "ptrace",
-        ],
-    ),
-    // CAP_SYS_PACCT
-    (20, &["acct"]),
-    // CAP_SYS_ADMIN (clone and clone3 without restriction are handled apart).
-    (
-        21,
-        &[
-            "bpf",
-            "fanotify_init",
-            "fsconfig",
-            "fsmount",
-            "fsopen",
-            "fspick",
-            "lookup_dcookie",
-            "mount",
-            "mount_setattr",
-            "move_mount",
-            "open_tree",
-            "perf_event_open",
-            "quotactl",
-            "quotactl_fd",
-            "setdomainname",
-            "sethostname",
-            "setns",
-            "syslog",
-            "umount",
-            "umount2",
-            "unshare",
-        ],
-    ),
-    // CAP_SYS_BOOT
-    (22, &["reboot"]),
-    // CAP_SYS_NICE
-    (
-        23,
-        &[
-            "get_mempolicy",
-            "mbind",
-            "set_mempolicy",
-            "set_mempolicy_home_node",
-        ],
-    ),
-    // CAP_SYS_TIME
-    (
-        25,
-        &["clock_settime", "clock_settime64", "settimeofday", "stime"],
-    ),
-    // CAP_SYS_TTY_CONFIG
-    (26, &["vhangup"]),
-    // CAP_SYSLOG
-    (34, &["syslog"]),
-    // CAP_PERFMON
-    (38, &["perf_event_open"]),
-    // CAP_BPF
-    (39, &["bpf"]),
-];
+/// Syscalls allowed to a container that holds a capability, as Docker groups them.
+#[derive(Debug, Deserialize)]
+struct CapabilityGroup {
+    capability: String,
+    syscalls: Vec<String>,
+}
 
 const CAP_SYS_ADMIN: u8 = 21;
 
-/// personality(2) values a container may set: PER_LINUX, UNAME26, PER_LINUX32, UNAME26 with
-/// PER_LINUX32, and the query 0xffffffff.
-const PERSONALITIES: [u64; 5] = [0x0, 0x0008, 0x0002_0000, 0x0002_0008, 0xffff_ffff];
-
-/// CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
-/// CLONE_NEWNET: the flags clone(2) may not carry without `CAP_SYS_ADMIN`.
-const CLONE_NAMESPACE_FLAGS: u64 = 0x7e02_0000;
+fn data() -> serde_json::Result<Data> {
+    serde_json::from_str(berth_core::seccomp::DOCKER_DEFAULT)
+}
 
 /// Docker's default profile for a container with Docker's default capabilities
 /// ([`crate::capabilities::docker_default`]).
@@ -492,15 +62,42 @@ pub fn docker_default_profile() -> LinuxSeccomp {
 /// Docker's default profile for a container whose bounding set is `capabilities` (a mask of
 /// capability numbers): the groups of syscalls Docker allows per capability follow it.
 pub fn docker_profile(capabilities: u64) -> LinuxSeccomp {
+    let data = match data() {
+        Ok(data) => data,
+        Err(e) => {
+            // The data is compiled in and a unit test parses it, so this cannot happen in a
+            // tested build; if it did, failing closed beats running unconfined.
+            tracing::error!(error = %e, "Docker's default seccomp data does not parse; denying every syscall");
+            let mut deny = LinuxSeccomp::default();
+            deny.set_default_action(LinuxSeccompAction::ScmpActErrno)
+                .set_default_errno_ret(Some(libc::EPERM as u32))
+                .set_architectures(Some(architectures()));
+            return deny;
+        }
+    };
     let has = |cap: u8| capabilities & (1u64 << cap) != 0;
-    let mut allowed: BTreeSet<&str> = ALLOWED.iter().chain(ARCH_ALLOWED).copied().collect();
-    for (cap, names) in BY_CAPABILITY {
-        if has(*cap) {
-            allowed.extend(names.iter().copied());
+    let arch: &[String] = if cfg!(any(target_arch = "x86_64", target_arch = "x86")) {
+        &data.arch_allowed.x86
+    } else if cfg!(any(target_arch = "aarch64", target_arch = "arm")) {
+        &data.arch_allowed.arm
+    } else if cfg!(target_arch = "riscv64") {
+        &data.arch_allowed.riscv64
+    } else {
+        &[]
+    };
+    let mut allowed: BTreeSet<&str> = data
+        .allowed
+        .iter()
+        .chain(arch)
+        .map(String::as_str)
+        .collect();
+    for group in &data.by_capability {
+        if crate::capabilities::number(&group.capability).is_some_and(has) {
+            allowed.extend(group.syscalls.iter().map(String::as_str));
         }
     }
     if has(CAP_SYS_ADMIN) {
-        allowed.extend(["clone", "clone3"]);
+        allowed.extend(data.admin_only.iter().map(String::as_str));
     }
 
     let mut rules = vec![rule(
@@ -510,12 +107,12 @@ pub fn docker_profile(capabilities: u64) -> LinuxSeccomp {
         Vec::new(),
     )];
     // One rule per value: the spec ANDs a rule's arguments.
-    for persona in PERSONALITIES {
+    for persona in &data.personalities {
         rules.push(rule(
             vec!["personality".to_owned()],
             LinuxSeccompAction::ScmpActAllow,
             None,
-            vec![arg(0, persona, None, LinuxSeccompOperator::ScmpCmpEq)],
+            vec![arg(0, *persona, None, LinuxSeccompOperator::ScmpCmpEq)],
         ));
     }
     if !has(CAP_SYS_ADMIN) {
@@ -526,7 +123,7 @@ pub fn docker_profile(capabilities: u64) -> LinuxSeccomp {
             None,
             vec![arg(
                 0,
-                CLONE_NAMESPACE_FLAGS,
+                data.clone_namespace_flags,
                 Some(0),
                 LinuxSeccompOperator::ScmpCmpMaskedEq,
             )],
@@ -651,10 +248,37 @@ mod tests {
             .filter(|r| r.names() == &["personality"])
             .map(|r| r.args().as_ref().unwrap()[0].value())
             .collect();
-        assert_eq!(personas, PERSONALITIES);
+        assert_eq!(personas, data().unwrap().personalities);
+        assert_eq!(
+            personas,
+            [0x0, 0x0008, 0x0002_0000, 0x0002_0008, 0xffff_ffff]
+        );
         // Round-trips through JSON, as it would in a config.json.
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(crate::seccomp::parse_profile(json.as_bytes()).unwrap(), p);
+    }
+
+    #[test]
+    fn shared_data_parses_and_matches_the_default_capabilities() {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Caps {
+            default_capabilities: Vec<String>,
+        }
+        let d = data().unwrap();
+        assert!(d.allowed.len() > 300);
+        for g in &d.by_capability {
+            assert!(
+                crate::capabilities::number(&g.capability).is_some(),
+                "{}",
+                g.capability
+            );
+        }
+        let caps: Caps = serde_json::from_str(berth_core::seccomp::DOCKER_DEFAULT).unwrap();
+        assert_eq!(
+            caps.default_capabilities,
+            crate::capabilities::docker_default()
+        );
     }
 
     #[test]
