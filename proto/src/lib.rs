@@ -251,6 +251,14 @@ pub mod berth {
             }
         }
 
+        /// Logs service.
+        pub mod logs {
+            generated! {
+                /// `berth.services.logs.v1`: containers' logged stdout and stderr.
+                v1 => "berth.services.logs.v1"
+            }
+        }
+
         /// Transfer service.
         pub mod transfer {
             generated! {

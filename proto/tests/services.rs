@@ -8,6 +8,7 @@
 use tonic::server::NamedService;
 
 use berth_proto::berth::services::admin::v1::admin_server::AdminServer;
+use berth_proto::berth::services::logs::v1::logs_server::LogsServer;
 use berth_proto::containerd::services::{
     containers::v1::containers_server::ContainersServer,
     content::v1::content_server::ContentServer, diff::v1::diff_server::DiffServer,
@@ -200,6 +201,12 @@ fn services() -> Vec<Service> {
             server_name: <AdminServer<()> as NamedService>::NAME,
             generated: generated!("berth.services.admin.v1"),
             methods: &[("GarbageCollect", Unary)],
+        },
+        Service {
+            name: "berth.services.logs.v1.Logs",
+            server_name: <LogsServer<()> as NamedService>::NAME,
+            generated: generated!("berth.services.logs.v1"),
+            methods: &[("Read", Stream)],
         },
     ]
 }

@@ -110,6 +110,9 @@ pub enum Command {
         /// namespace==default,topic~="^/images/"); an event matching any is printed.
         filters: Vec<String>,
     },
+    /// Print what a container wrote on stdout and stderr (containers berthctl created keep a
+    /// log; stderr lines go to stderr).
+    Logs(crate::commands::logs::LogsArgs),
 }
 
 /// `berthctl tag SOURCE TARGET...`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use berth_core::{Error, ErrorKind, Result};
 use berth_proto::berth::services::admin::v1::admin_client::AdminClient;
+use berth_proto::berth::services::logs::v1::logs_client::LogsClient;
 use berth_proto::berth::services::transfer::v1::transfer_client::TransferClient;
 use berth_proto::containerd::services::containers::v1::containers_client::ContainersClient;
 use berth_proto::containerd::services::content::v1::content_client::ContentClient;
@@ -315,4 +316,6 @@ rpc_clients! {
     admin => AdminClient,
     /// `berth.services.transfer.v1.Transfer`.
     transfer => TransferClient,
+    /// `berth.services.logs.v1.Logs`.
+    logs => LogsClient,
 }

@@ -84,6 +84,14 @@ impl Daemon {
             published.clone(),
             exchange.clone(),
         )?;
+        // Shims write the logs (LocalTasks hands them `<root>/logs`); deleting a container
+        // deletes its log.
+        let logs = Arc::new(berth_logs::JsonFileLogs::new(
+            config.root.join("logs"),
+            published.clone(),
+            Arc::new(berth_logs::TaskLiveness(tasks.clone())),
+        ));
+        let containers = Arc::new(berth_logs::RemovesLogs::new(published.clone(), logs.clone()));
         let services = Services {
             applier: differ.clone(),
             comparer: differ,
@@ -92,12 +100,13 @@ impl Daemon {
             leases: metadata.clone(),
             snapshots: published.clone(),
             images: published.clone(),
-            containers: published,
+            containers,
             events: exchange,
             gc: metadata,
             server,
             transfer: Some(transfer),
             tasks: Some(tasks.clone()),
+            logs: Some(logs),
         };
         Ok(Self {
             services,

@@ -94,5 +94,10 @@ pub fn table(config: &Config) -> Vec<PluginEntry> {
         "tasks",
         &["io.containerd.runtime.v2", "io.containerd.metadata.v1"],
     ));
+    table.push(entry(
+        "io.berth.grpc.v1",
+        "logs",
+        &["io.containerd.runtime.v2", "io.containerd.metadata.v1"],
+    ));
     table
 }

@@ -20,6 +20,7 @@ pub mod images;
 pub mod introspection;
 pub mod layers;
 pub mod leases;
+pub mod logs;
 pub mod namespaces;
 pub mod snapshots;
 pub mod tasks;
@@ -59,6 +60,8 @@ pub struct Services {
     pub events: Arc<dyn EventExchange>,
     /// Tasks (one shim per container); the Tasks service is only routed when this is set.
     pub tasks: Option<Arc<dyn berth_core::tasks::TaskManager>>,
+    /// Containers' logs; the Logs service is only routed when this is set.
+    pub logs: Option<Arc<dyn berth_core::logs::ContainerLogs>>,
     /// Applies layers onto mounts.
     pub applier: Arc<dyn Applier>,
     /// Computes layers from two mounts.
@@ -98,6 +101,10 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
+    }
+    if let Some(logs) = &services.logs {
+        use berth_proto::berth::services::logs::v1::logs_server::LogsServer;
+        routes = routes.add_service(LogsServer::new(logs::LogsService::new(logs.clone())));
     }
     routes = routes
         .add_service(

@@ -5,6 +5,7 @@ mod content;
 mod events;
 mod image;
 mod lease;
+pub(crate) mod logs;
 pub(crate) mod login;
 mod namespace;
 pub(crate) mod pull;
@@ -81,6 +82,7 @@ pub async fn run(cli: Cli) -> CmdResult {
         Command::Import(args) => archive::import(&ctx, args).await,
         Command::Export(args) => archive::export(&ctx, args).await,
         Command::Events { filters } => events::run(&ctx, filters).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
     }
 }
 
