@@ -316,3 +316,215 @@ fn ctr_run_with_a_terminal_goes_through_the_shims_pty() {
     );
     assert!(!ctr(&d, &ns, &["containers", "ls", "-q"]).ok().contains(&id));
 }
+
+/// The JSON lines of a log file: (log, stream) pairs, each line checked for its time.
+fn log_lines(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let time = v["time"].as_str().unwrap();
+            assert!(
+                time.len() > 20 && time.ends_with('Z') && time.contains('T'),
+                "{time}"
+            );
+            (
+                v["log"].as_str().unwrap().to_owned(),
+                v["stream"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_json_file_labelled_container_logs_detached_output_with_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let ns = unique("logs");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    // --null-io: the task gets empty stdio paths, as a detached berthctl container does; its
+    // output only reaches the log. Each entry is ~80 bytes, so 2000 bytes rotate it often.
+    let out = ctr(
+        &d,
+        &ns,
+        &[
+            "run",
+            "--null-io",
+            "--label",
+            "io.berth.log=json-file",
+            "--label",
+            "io.berth.log.max-size=2000",
+            &image.name,
+            &id,
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo line $i; done; echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.output.status.code(), Some(3), "{}", out.stderr());
+    assert_eq!(out.stdout(), "");
+    let dir = d.root().join("logs").join(&ns).join(&id);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let current = dir.join("container.log");
+    let rotated = dir.join("container.log.1");
+    for f in [&current, &rotated] {
+        let size = std::fs::metadata(f).unwrap().len();
+        assert!(size <= 2000, "{}: {size} bytes", f.display());
+    }
+    let mut entries = log_lines(&rotated);
+    entries.extend(log_lines(&current));
+    let (err, out): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, s)| s == "stderr");
+    assert_eq!(err, vec![("oops\n".to_owned(), "stderr".to_owned())]);
+    // What the two files hold is the end of stdout, in order, with nothing missing.
+    let first: usize = out[0].0.trim()["line ".len()..].parse().unwrap();
+    assert!(first > 1, "older entries were rotated away");
+    let want: Vec<String> = (first..=100).map(|i| format!("line {i}\n")).collect();
+    let got: Vec<String> = out.into_iter().map(|(l, _)| l).collect();
+    assert_eq!(got, want);
+
+    // The log outlives the task (a foreground `ctr run` deletes it; the log goes with the
+    // container).
+    assert!(task_status(&d, &ns, &id).is_none());
+    assert!(current.exists());
+    ctr(&d, &ns, &["containers", "rm", &id]).ok();
+}
+
+#[test]
+fn a_json_file_labelled_container_logs_while_the_client_reads_its_fifos() {
+    let ns = unique("logs-attached");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    let out = ctr(
+        &d,
+        &ns,
+        &[
+            "run",
+            "--label",
+            "io.berth.log=json-file",
+            &image.name,
+            &id,
+            "sh",
+            "-c",
+            "echo to the client; echo and its stderr >&2",
+        ],
+    );
+    assert_eq!(out.output.status.code(), Some(0), "{}", out.stderr());
+    assert_eq!(out.stdout(), "to the client\n");
+    let mut entries = log_lines(
+        &d.root()
+            .join("logs")
+            .join(&ns)
+            .join(&id)
+            .join("container.log"),
+    );
+    entries.sort();
+    assert_eq!(
+        entries,
+        vec![
+            ("and its stderr\n".to_owned(), "stderr".to_owned()),
+            ("to the client\n".to_owned(), "stdout".to_owned()),
+        ]
+    );
+    // Without the label nothing is logged.
+    let plain = unique("plain");
+    ctr(
+        &d,
+        &ns,
+        &["run", "--null-io", &image.name, &plain, "echo", "x"],
+    )
+    .ok();
+    assert!(!d.root().join("logs").join(&ns).join(&plain).exists());
+    for c in [&id, &plain] {
+        ctr(&d, &ns, &["containers", "rm", c]).ok();
+    }
+}
+
+/// `io.berth.etc-files=true` with the relative bind mounts berthctl puts in its spec: the
+/// container sees the bundle's files. The container is made by ctr, its spec then given a
+/// hostname and the mounts through the Containers API (ctr cannot add relative binds).
+#[test]
+fn etc_files_are_written_to_the_bundle_and_bind_mounted_from_it() {
+    let ns = unique("etc");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    ctr(
+        &d,
+        &ns,
+        &[
+            "containers",
+            "create",
+            "--label",
+            "io.berth.etc-files=true",
+            &image.name,
+            &id,
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = d.client(&ns).await;
+        let mut c = client.containers().get(&id).await.unwrap();
+        let spec = c.spec.as_mut().unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&spec.value).unwrap();
+        json["hostname"] = "berth-etc".into();
+        let mounts = json["mounts"].as_array_mut().unwrap();
+        // The spec ctr made has the container's own network namespace.
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            mounts.push(serde_json::json!({
+                "destination": format!("/etc/{f}"),
+                "type": "bind",
+                "source": format!("etc/{f}"),
+                "options": ["rbind", "rprivate"],
+            }));
+        }
+        spec.value = serde_json::to_vec(&json).unwrap();
+        client
+            .containers()
+            .update(&c, &["spec".to_owned()])
+            .await
+            .unwrap();
+    });
+    ctr(&d, &ns, &["tasks", "start", "-d", &id]).ok();
+    wait_status(&d, &ns, &id, "RUNNING");
+    let bundle = d.state().join("tasks").join(&ns).join(&id);
+    let inside = |f: &str| {
+        let out = ctr(
+            &d,
+            &ns,
+            &["tasks", "exec", "--exec-id", &unique("cat"), &id, "cat", f],
+        );
+        assert_eq!(out.output.status.code(), Some(0), "{}", out.stderr());
+        out.stdout()
+    };
+    assert_eq!(inside("/etc/hostname"), "berth-etc\n");
+    assert_eq!(
+        inside("/etc/hosts"),
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tberth-etc\n"
+    );
+    let resolv = inside("/etc/resolv.conf");
+    assert_eq!(
+        resolv,
+        std::fs::read_to_string(bundle.join("etc/resolv.conf")).unwrap()
+    );
+    let servers: Vec<&str> = resolv
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .collect();
+    assert!(!servers.is_empty(), "{resolv}");
+    assert!(
+        servers
+            .iter()
+            .all(|s| !s.trim().starts_with("127.") && s.trim() != "::1"),
+        "{resolv}"
+    );
+    ctr(&d, &ns, &["tasks", "kill", "-s", "SIGKILL", &id]).ok();
+    wait_status(&d, &ns, &id, "STOPPED");
+    ctr(&d, &ns, &["tasks", "rm", &id]).ok();
+    ctr(&d, &ns, &["containers", "rm", &id]).ok();
+}

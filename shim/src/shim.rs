@@ -549,7 +549,7 @@ impl Shim {
             )?)));
         }
         let mut proc = Proc::new(stdio.clone());
-        let res = self.launch(&mut proc, runtime.as_ref(), |rt, child, console| {
+        let res = self.launch(&mut proc, runtime.as_ref(), true, |rt, child, console| {
             rt.create(&self.id, &self.bundle, child, console)
         });
         let pid = match res {
@@ -567,15 +567,24 @@ impl Shim {
     }
 
     /// Sets up a process's stdio (pipes or a pty through a console socket), runs `f` to make
-    /// the process, and wires the pumps.
+    /// the process, and wires the pumps: to the client's paths (any may be empty: that stream
+    /// is then only logged, or read and dropped) and, when `logged`, to the task's log (the
+    /// init's output is logged, an exec's is not, as with Docker).
     fn launch(
         &self,
         proc: &mut Proc,
         rt: &dyn OciRuntime,
+        logged: bool,
         f: impl FnOnce(&dyn OciRuntime, ChildStdio, Option<&Path>) -> Result<i32>,
     ) -> Result<i32> {
         let stdio = proc.stdio.clone();
-        let log = |s: Stream| self.log.clone().map(|l| (l, s));
+        let log = |s: Stream| {
+            if logged {
+                self.log.clone().map(|l| (l, s))
+            } else {
+                None
+            }
+        };
         let input = if stdio.stdin.is_empty() {
             None
         } else {
@@ -672,7 +681,7 @@ impl Shim {
             let spec = proc.spec.take().unwrap_or_default();
             let file = self.bundle.join(format!("exec-{exec_id}.json"));
             let id = self.id.clone();
-            self.launch(&mut proc, rt, |rt, child, console| {
+            self.launch(&mut proc, rt, false, |rt, child, console| {
                 rt.exec(&id, &spec, &file, child, console)
             })
         };

@@ -80,6 +80,7 @@ impl Daemon {
         )?);
         let tasks = berth_tasks::LocalTasks::new(
             config.state.join("tasks"),
+            Some(config.root.join("logs")),
             shim_binary(),
             published.clone(),
             exchange.clone(),

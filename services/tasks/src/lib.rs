@@ -7,6 +7,7 @@
 //! reconnects to every live shim and cleans up after dead ones, so tasks survive a `kill -9` of
 //! berthd.
 
+mod bundle;
 mod client;
 
 use std::collections::HashMap;
@@ -25,6 +26,10 @@ use berth_shim_api as api;
 use prost::Message;
 use tokio::io::AsyncBufReadExt;
 
+pub use bundle::{
+    DEFAULT_LOG_MAX_SIZE, ETC_FILES_LABEL, LOG_JSON_FILE, LOG_LABEL, LOG_MAX_SIZE_LABEL,
+    write_etc_files,
+};
 pub use client::ShimClient;
 
 /// Runtime names that run Berth's shim (ctr's default is the first).
@@ -51,6 +56,8 @@ pub struct LocalTasks {
     /// Itself, for shim event callbacks that must not keep the manager alive.
     me: std::sync::Weak<LocalTasks>,
     root: PathBuf,
+    /// Where containers that ask for a log (`io.berth.log`) have it: `<logs>/<ns>/<id>/`.
+    logs_dir: Option<PathBuf>,
     shim_binary: PathBuf,
     containers: Arc<dyn ContainerStore>,
     events: Arc<dyn EventPublisher>,
@@ -85,9 +92,11 @@ fn stdio(io: &TaskIo) -> api::Stdio {
 }
 
 impl LocalTasks {
-    /// Tasks under `root` (`<state>/tasks`), run by the shim at `shim_binary`.
+    /// Tasks under `root` (`<state>/tasks`), run by the shim at `shim_binary`; container logs
+    /// under `logs_dir` (none are kept without one).
     pub fn new(
         root: PathBuf,
+        logs_dir: Option<PathBuf>,
         shim_binary: PathBuf,
         containers: Arc<dyn ContainerStore>,
         events: Arc<dyn EventPublisher>,
@@ -97,6 +106,7 @@ impl LocalTasks {
         Ok(Arc::new_cyclic(|me| LocalTasks {
             me: me.clone(),
             root,
+            logs_dir,
             shim_binary,
             containers,
             events,
@@ -337,7 +347,7 @@ impl LocalTasks {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let res = self
-            .create_in(ctx, &id, &dir, &spec.value, &req, &binary)
+            .create_in(ctx, &container.labels, &dir, &spec.value, &req, &binary)
             .await;
         if res.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -348,14 +358,25 @@ impl LocalTasks {
     async fn create_in(
         &self,
         ctx: &RequestContext,
-        id: &str,
+        labels: &berth_core::labels::Labels,
         dir: &Path,
         spec: &[u8],
         req: &CreateTask,
         binary: &str,
     ) -> Result<u32> {
+        let id = req.container_id.as_str();
         std::fs::write(dir.join("config.json"), spec)
             .map_err(|e| Error::io("write config.json", e))?;
+        if bundle::wants_etc_files(labels) {
+            bundle::write_etc_files(dir, spec, Path::new("/etc"))?;
+        }
+        let mut stdio = stdio(&req.io);
+        if let Some((path, max)) =
+            bundle::log_target(labels, self.logs_dir.as_deref(), ctx.namespace.as_str(), id)?
+        {
+            stdio.log_path = path.to_string_lossy().into_owned();
+            stdio.log_max_size = max;
+        }
         self.spawn_shim(ctx.namespace.as_str(), id, dir).await?;
         let client = ShimClient::connect(
             &dir.join("shim.sock"),
@@ -374,7 +395,7 @@ impl LocalTasks {
         let created = client
             .call(api::request::Body::Create(api::CreateRequest {
                 rootfs: rootfs.clone(),
-                stdio: Some(stdio(&req.io)),
+                stdio: Some(stdio),
                 runtime_binary: binary.to_owned(),
             }))
             .await;
