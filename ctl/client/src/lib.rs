@@ -7,8 +7,9 @@
 //! - Typed helpers, all returning [`berth_core::Result`]: [`Client::content`] ([`content`]),
 //!   [`Client::namespaces`] ([`namespaces`]), [`Client::leases`] ([`leases`]),
 //!   [`Client::snapshots`] ([`snapshots`]), [`Client::images`] ([`images`]),
-//!   [`Client::containers`] ([`containers`]), [`Client::events`] ([`events`]: publish, forward,
-//!   subscribe),
+//!   [`Client::containers`] ([`containers`]), [`Client::tasks`] ([`tasks`]: create, start,
+//!   wait, kill, exec, pty and stdin control, pause, pids, metrics), [`Client::events`]
+//!   ([`events`]: publish, forward, subscribe),
 //!   [`Client::diff`] ([`diff`]), [`Client::transfer`] ([`transfer`]: daemon-side pull and
 //!   push with streamed progress), [`Client::archive`] ([`archive`]: image import and export
 //!   as OCI-layout or docker-save tarballs), [`Client::unpack`] ([`unpack`]), and
@@ -16,6 +17,8 @@
 //!   ([`system`]).
 //! - [`Client::rpc`]: the generated tonic clients with the headers and message limits already
 //!   applied, for services or corner cases the helpers do not cover.
+//! - [`spec`]: Docker-like OCI runtime specs built from an image's config (what `berthctl run`
+//!   creates containers with).
 //! - [`auth`]: registry credentials in a docker-style `config.json`, sent with transfers.
 //! - [`error`]: the one place a `tonic::Status` becomes a [`berth_core::Error`].
 //! - [`convert`]: wire ↔ berth-core conversions (tolerant of Go's year-1 zero timestamps).
@@ -42,7 +45,9 @@ pub mod leases;
 pub mod logs;
 pub mod namespaces;
 pub mod snapshots;
+pub mod spec;
 pub mod system;
+pub mod tasks;
 pub mod transfer;
 pub mod unpack;
 
@@ -59,6 +64,7 @@ pub use logs::{LogStreamReader, Logs};
 pub use namespaces::Namespaces;
 pub use snapshots::{DEFAULT_SNAPSHOTTER, Snapshots};
 pub use system::{PluginInfo, ServerVersion};
+pub use tasks::Tasks;
 pub use transfer::Transfer;
 pub use unpack::{UnpackOptions, Unpacked, UnpackedLayer};
 
