@@ -135,14 +135,69 @@ fn a_detached_task_is_listed_execs_pauses_and_is_killed() {
     assert!(task_status(&d, &ns, &id).is_none());
 }
 
+/// The pid of task `id`, from `ctr tasks ls`.
+fn task_pid(d: &Daemon, ns: &str, id: &str) -> i32 {
+    let ls = ctr(d, ns, &["tasks", "ls"]).ok();
+    ls.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&id))
+        .and_then(|f| f.get(1).and_then(|p| p.parse().ok()))
+        .unwrap_or_else(|| panic!("{id} not in {ls}"))
+}
+
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Gone, or a zombie nobody reaped yet: either way it no longer runs.
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "process {pid} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Subscribes to `ns`'s `/tasks/exit` events.
+async fn exit_events(d: &Daemon, ns: &str) -> berth_client::EventStream {
+    let client = d.client(ns).await;
+    client
+        .events()
+        .subscribe(&[format!(r#"topic=="/tasks/exit",namespace=={ns}"#)])
+        .await
+        .unwrap()
+}
+
+async fn next_exit(s: &mut berth_client::EventStream) -> berth_proto::containerd::events::TaskExit {
+    let e = tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .expect("a /tasks/exit event within 20s")
+        .unwrap()
+        .unwrap();
+    <berth_proto::containerd::events::TaskExit as prost::Message>::decode(e.event.value.as_slice())
+        .unwrap()
+}
+
+/// The issue's scenario: 20 containers running `sleep` and one that exits while berthd is
+/// down; SIGKILL berthd, restart it: all 20 are listed RUNNING and can be killed and deleted,
+/// the other reports its real exit status, and its exit is published once after the restart
+/// (not again after a second restart).
 #[test]
-fn tasks_survive_a_sigkill_of_berthd_and_exits_while_down_are_found() {
+fn twenty_tasks_survive_a_sigkill_of_berthd_and_exits_while_down_are_published_once() {
     let ns = unique("restart");
     let (mut d, image, _dir) = daemon_with_image(&ns);
-    let long: Vec<String> = (0..3).map(|_| unique("long")).collect();
-    for id in &long {
-        ctr(&d, &ns, &["run", "-d", &image.name, id, "sleep", "1000"]).ok();
-    }
+    let long: Vec<String> = (0..20).map(|i| format!("long-{i}")).collect();
+    // Four at a time: this is a 2-core machine.
+    std::thread::scope(|s| {
+        for chunk in long.chunks(5) {
+            let (d, ns, name) = (&d, &ns, &image.name);
+            s.spawn(move || {
+                for id in chunk {
+                    ctr(d, ns, &["run", "-d", name, id, "sleep", "1000"]).ok();
+                }
+            });
+        }
+    });
+    // It exits when the test says so, through a file in its rootfs.
     let short = unique("short");
     ctr(
         &d,
@@ -154,23 +209,38 @@ fn tasks_survive_a_sigkill_of_berthd_and_exits_while_down_are_found() {
             &short,
             "sh",
             "-c",
-            "sleep 1; exit 7",
+            "while [ ! -e /go ]; do sleep 0.05; done; exit 7",
         ],
     )
     .ok();
-    for id in &long {
-        wait_status(&d, &ns, id, "RUNNING");
-    }
+    wait_status(&d, &ns, &short, "RUNNING");
+    let short_pid = task_pid(&d, &ns, &short);
     d.kill9();
-    // The short one exits while nobody listens.
-    std::thread::sleep(Duration::from_millis(1500));
+    let rootfs = d
+        .state()
+        .join("tasks")
+        .join(&ns)
+        .join(&short)
+        .join("rootfs");
+    std::fs::write(rootfs.join("go"), "").unwrap();
+    wait_gone(short_pid);
     d.restart();
-    for id in &long {
-        wait_status(&d, &ns, id, "RUNNING");
-    }
-    wait_status(&d, &ns, &short, "STOPPED");
-    // Its real exit status, through Get and Wait, though it exited while berthd was down.
+
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut exits = rt.block_on(exit_events(&d, &ns));
+    // Listing looks at every task, which publishes the exits kept while berthd was down.
+    let ls = ctr(&d, &ns, &["tasks", "ls"]).ok();
+    for id in &long {
+        assert_eq!(task_status(&d, &ns, id).as_deref(), Some("RUNNING"), "{ls}");
+    }
+    assert_eq!(task_status(&d, &ns, &short).as_deref(), Some("STOPPED"));
+    let published = rt.block_on(next_exit(&mut exits));
+    assert_eq!(
+        (published.container_id.as_str(), published.exit_status),
+        (short.as_str(), 7)
+    );
+    assert_eq!(published.pid as i32, short_pid);
+    // Its real exit status, through Get and Wait.
     rt.block_on(async {
         use berth_proto::containerd::services::tasks::v1 as pb;
         let client = d.client(&ns).await;
@@ -200,15 +270,31 @@ fn tasks_survive_a_sigkill_of_berthd_and_exits_while_down_are_found() {
         assert_eq!(waited.exit_status, 7);
         assert!(waited.exited_at.is_some());
     });
+
+    // A second restart: the exit was taken, so the next exit published is the one of the
+    // container killed now, not the short one's again.
+    d.restart();
+    let mut exits = rt.block_on(exit_events(&d, &ns));
+    ctr(&d, &ns, &["tasks", "ls"]).ok();
+    ctr(&d, &ns, &["tasks", "kill", "-s", "SIGKILL", &long[0]]).ok();
+    let next = rt.block_on(next_exit(&mut exits));
+    assert_eq!(
+        (next.container_id.as_str(), next.exit_status),
+        (long[0].as_str(), 137)
+    );
+
     ctr(&d, &ns, &["tasks", "rm", &short]).ok();
-    // Still controllable after the restart.
-    for id in &long {
+    ctr(&d, &ns, &["containers", "rm", &short]).ok();
+    // Every one is still controllable.
+    for id in &long[1..] {
         ctr(&d, &ns, &["tasks", "kill", "-s", "SIGKILL", id]).ok();
+    }
+    for id in &long {
         wait_status(&d, &ns, id, "STOPPED");
         ctr(&d, &ns, &["tasks", "rm", id]).ok();
         ctr(&d, &ns, &["containers", "rm", id]).ok();
     }
-    ctr(&d, &ns, &["containers", "rm", &short]).ok();
+    assert!(ctr(&d, &ns, &["tasks", "ls", "-q"]).ok().trim().is_empty());
 }
 
 /// What a daemon's tasks hold on the host: mounts under its state dir, shims, task dirs, the

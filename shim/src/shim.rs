@@ -41,6 +41,8 @@ struct Proc {
     console: Option<OwnedFd>,
     /// The process spec of an exec, until it is started.
     spec: Option<Process>,
+    /// A daemon has taken this process's exit (TakeExits).
+    exit_taken: bool,
 }
 
 impl Proc {
@@ -55,7 +57,20 @@ impl Proc {
             pumps: Vec::new(),
             console: None,
             spec: None,
+            exit_taken: false,
         }
+    }
+
+    /// The exit, to hand to a daemon that has not taken it yet.
+    fn untaken_exit(&self, exec_id: &str) -> Option<api::ExitEvent> {
+        (self.status == api::Status::Stopped && self.pid != 0 && !self.exit_taken).then(|| {
+            api::ExitEvent {
+                exec_id: exec_id.to_owned(),
+                pid: self.pid as u32,
+                exit_status: self.exit_status,
+                exited_at_ns: self.exited_at_ns,
+            }
+        })
     }
 
     fn exit(&self) -> api::ExitResponse {
@@ -80,6 +95,8 @@ struct Shim {
     runtime: Option<Box<dyn OciRuntime>>,
     procs: BTreeMap<String, Proc>,
     waiters: Vec<(usize, u64, String)>,
+    /// Exits of processes deleted before a daemon took them.
+    untaken: Vec<api::ExitEvent>,
     conns: Vec<Conn>,
     log: Option<Rc<RefCell<LogFile>>>,
     rootfs_mounted: bool,
@@ -134,6 +151,7 @@ pub fn run(id: String, _namespace: String, bundle: PathBuf) -> Result<()> {
         runtime: None,
         procs: BTreeMap::new(),
         waiters: Vec::new(),
+        untaken: Vec::new(),
         conns: Vec::new(),
         log: None,
         rootfs_mounted: false,
@@ -499,12 +517,25 @@ impl Shim {
             B::Shutdown(s) => self
                 .shutdown(s.now)
                 .map(|()| R::Pid(api::PidResponse { pid: 0 })),
+            B::TakeExits(_) => Ok(R::Exits(self.take_exits())),
             B::Connect(_) => Ok(R::Connect(api::ConnectResponse {
                 shim_pid: std::process::id(),
                 task_pid: self.procs.get("").map(|p| p.pid as u32).unwrap_or(0),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
         })
+    }
+
+    /// Every exit no daemon has taken yet, now taken.
+    fn take_exits(&mut self) -> api::ExitsResponse {
+        let mut exits = std::mem::take(&mut self.untaken);
+        for (key, p) in &mut self.procs {
+            if let Some(e) = p.untaken_exit(key) {
+                p.exit_taken = true;
+                exits.push(e);
+            }
+        }
+        api::ExitsResponse { exits }
     }
 
     fn with_runtime<T>(&self, f: impl FnOnce(&dyn OciRuntime, &str) -> Result<T>) -> Result<T> {
@@ -821,6 +852,7 @@ impl Shim {
                 )));
             }
             let exit = p.exit();
+            self.untaken.extend(p.untaken_exit(exec_id));
             self.procs.remove(exec_id);
             return Ok(exit);
         }
@@ -832,6 +864,12 @@ impl Shim {
         let exit = p.exit();
         self.with_runtime(|rt, id| rt.delete(id, true))?;
         self.unmount_rootfs();
+        let untaken: Vec<api::ExitEvent> = self
+            .procs
+            .iter()
+            .filter_map(|(k, p)| p.untaken_exit(k))
+            .collect();
+        self.untaken.extend(untaken);
         self.procs.clear();
         Ok(exit)
     }

@@ -347,7 +347,54 @@ fn an_exit_while_nobody_is_connected_is_found_on_reconnect() {
         }
         other => panic!("connect: {other:?}"),
     }
+    // The exit is handed out once, to whichever connection takes it first.
+    let take = |c: &mut Client| match c.ok(api::request::Body::TakeExits(api::Empty {})) {
+        Some(api::response::Body::Exits(e)) => e.exits,
+        other => panic!("take exits: {other:?}"),
+    };
+    let exits = take(&mut c);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!((exits[0].exec_id.as_str(), exits[0].exit_status), ("", 5));
+    assert!(take(&mut b.connect()).is_empty());
     c.ok(api::request::Body::Delete(api::ProcessRef::default()));
+}
+
+#[test]
+fn an_exit_not_taken_before_its_process_is_deleted_is_still_handed_out() {
+    let mut b = Bundle::new(&["sh", "-c", "exec sleep 100"], false);
+    b.start_shim();
+    let mut c = b.connect();
+    create(&b, &mut c, api::Stdio::default(), "");
+    start(&mut c, "");
+    let spec = json!({"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "exit 9"],
+                      "env": ["PATH=/bin"], "cwd": "/"});
+    c.ok(api::request::Body::Exec(api::ExecRequest {
+        exec_id: "e1".into(),
+        spec: spec.to_string().into_bytes(),
+        stdio: None,
+    }));
+    start(&mut c, "e1");
+    assert_eq!(c.wait("e1").exit_status, 9);
+    c.ok(api::request::Body::Delete(api::ProcessRef {
+        exec_id: "e1".into(),
+    }));
+    c.ok(api::request::Body::Kill(api::KillRequest {
+        exec_id: String::new(),
+        signal: 9,
+        all: false,
+    }));
+    assert_eq!(c.wait("").exit_status, 137);
+    c.ok(api::request::Body::Delete(api::ProcessRef::default()));
+    let mut exits: Vec<(String, u32)> = match c.ok(api::request::Body::TakeExits(api::Empty {})) {
+        Some(api::response::Body::Exits(e)) => e
+            .exits
+            .into_iter()
+            .map(|e| (e.exec_id, e.exit_status))
+            .collect(),
+        other => panic!("take exits: {other:?}"),
+    };
+    exits.sort();
+    assert_eq!(exits, vec![(String::new(), 137), ("e1".to_owned(), 9)]);
 }
 
 #[test]

@@ -49,7 +49,27 @@ struct RuncOptions {
 struct Task {
     dir: PathBuf,
     client: ShimClient,
+    /// Held while exits are taken from the shim and published, so a `/tasks/exit` is out
+    /// before a `/tasks/delete` that follows it.
+    exits: tokio::sync::Mutex<()>,
+    /// Re-adopted after a restart, and the exits it kept have not been taken yet.
+    recovered: std::sync::atomic::AtomicBool,
 }
+
+impl Task {
+    fn new(dir: PathBuf, client: ShimClient, recovered: bool) -> Task {
+        Task {
+            dir,
+            client,
+            exits: tokio::sync::Mutex::new(()),
+            recovered: std::sync::atomic::AtomicBool::new(recovered),
+        }
+    }
+}
+
+/// How long after a restart berthd publishes the exits its shims kept while it was down, for
+/// tasks no request has touched by then: long enough for clients to reconnect and subscribe.
+const RECOVERED_EXITS_DELAY: Duration = Duration::from_secs(5);
 
 /// The task manager: one shim per task.
 pub struct LocalTasks {
@@ -133,7 +153,62 @@ impl LocalTasks {
         }
     }
 
-    /// What to do with a shim's pushed events: exits and OOMs become task events.
+    fn lookup(&self, ns: &str, id: &str) -> Option<Arc<Task>> {
+        self.tasks
+            .lock()
+            .ok()?
+            .get(&(ns.to_owned(), id.to_owned()))
+            .cloned()
+    }
+
+    /// Takes the exits the shim has not handed out yet and publishes them as `/tasks/exit`:
+    /// the shim hands each exit out once, so each is published once, also when it happened
+    /// while berthd was down (and not again after a second restart).
+    async fn take_exits(&self, ns: &Namespace, id: &str, task: &Task) {
+        let _held = task.exits.lock().await;
+        task.recovered
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let exits = match task
+            .client
+            .call(api::request::Body::TakeExits(api::Empty {}))
+            .await
+        {
+            Ok(Some(api::response::Body::Exits(e))) => e.exits,
+            Ok(_) => {
+                tracing::warn!(id, "shim: unexpected answer to TakeExits");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(id, "take exits: {e}");
+                return;
+            }
+        };
+        for x in exits {
+            let exit = ev::TaskExit {
+                container_id: id.to_owned(),
+                id: if x.exec_id.is_empty() {
+                    id.to_owned()
+                } else {
+                    x.exec_id.clone()
+                },
+                pid: x.pid,
+                exit_status: x.exit_status,
+                exited_at: from_ns(x.exited_at_ns).map(timestamp),
+            };
+            self.publish(ns, "/tasks/exit", any(&exit));
+        }
+    }
+
+    /// Publishes the exits a re-adopted task kept while berthd was down, the first time the
+    /// task is looked at.
+    async fn take_recovered_exits(&self, ns: &Namespace, id: &str, task: &Task) {
+        if task.recovered.load(std::sync::atomic::Ordering::SeqCst) {
+            self.take_exits(ns, id, task).await;
+        }
+    }
+
+    /// What to do with a shim's pushed events: an exit makes berthd take the shim's exits and
+    /// publish them; an OOM becomes a task event.
     fn on_event(&self, ns: Namespace, id: String) -> impl Fn(api::Event) + Send + 'static {
         let me = self.me.clone();
         move |e: api::Event| {
@@ -141,19 +216,12 @@ impl LocalTasks {
                 return;
             };
             match e.kind {
-                Some(api::event::Kind::Exit(x)) => {
-                    let exit = ev::TaskExit {
-                        container_id: id.clone(),
-                        id: if x.exec_id.is_empty() {
-                            id.clone()
-                        } else {
-                            x.exec_id.clone()
-                        },
-                        pid: x.pid,
-                        exit_status: x.exit_status,
-                        exited_at: from_ns(x.exited_at_ns).map(timestamp),
-                    };
-                    me.publish(&ns, "/tasks/exit", any(&exit));
+                Some(api::event::Kind::Exit(_)) => {
+                    // A task not in the table yet takes its exits once it is put there.
+                    if let Some(task) = me.lookup(ns.as_str(), &id) {
+                        let (ns, id) = (ns.clone(), id.clone());
+                        tokio::spawn(async move { me.take_exits(&ns, &id, &task).await });
+                    }
                 }
                 Some(api::event::Kind::Oom(_)) => {
                     let oom = ev::TaskOom {
@@ -241,7 +309,7 @@ impl LocalTasks {
                         if let Ok(mut t) = self.tasks.lock() {
                             t.insert(
                                 (ns_name.clone(), id.clone()),
-                                Arc::new(Task { dir, client }),
+                                Arc::new(Task::new(dir, client, true)),
                             );
                         }
                     }
@@ -252,10 +320,39 @@ impl LocalTasks {
                 }
             }
         }
+        // Exits kept while berthd was down are published once clients had time to come back
+        // and subscribe (or sooner, when a request looks at the task).
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RECOVERED_EXITS_DELAY).await;
+            let Some(me) = me.upgrade() else {
+                return;
+            };
+            let recovered: Vec<((String, String), Arc<Task>)> = match me.tasks.lock() {
+                Ok(t) => t
+                    .iter()
+                    .filter(|(_, t)| t.recovered.load(std::sync::atomic::Ordering::SeqCst))
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect(),
+                Err(_) => return,
+            };
+            for ((ns, id), task) in recovered {
+                if let Ok(ns) = Namespace::new(&ns) {
+                    me.take_recovered_exits(&ns, &id, &task).await;
+                }
+            }
+        });
         Ok(())
     }
 
-    async fn state(&self, task: &Task, id: &str, exec_id: &str) -> Result<ProcessState> {
+    async fn state(
+        &self,
+        ns: &Namespace,
+        task: &Task,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<ProcessState> {
+        self.take_recovered_exits(ns, id, task).await;
         match task
             .client
             .call(api::request::Body::State(api::ProcessRef {
@@ -293,7 +390,7 @@ impl LocalTasks {
         op: TaskOp,
     ) -> Result<Arc<Task>> {
         let task = self.task(ctx, id)?;
-        let st = self.state(&task, id, exec_id).await?;
+        let st = self.state(&ctx.namespace, &task, id, exec_id).await?;
         st.status.check(op, &format!("task {id:?}"))?;
         Ok(task)
     }
@@ -411,16 +508,11 @@ impl LocalTasks {
                 return Err(e);
             }
         };
+        let task = Arc::new(Task::new(dir.to_path_buf(), client, false));
         self.tasks
             .lock()
             .map_err(|_| Error::internal("task table poisoned"))?
-            .insert(
-                Self::key(ctx, id),
-                Arc::new(Task {
-                    dir: dir.to_path_buf(),
-                    client,
-                }),
-            );
+            .insert(Self::key(ctx, id), task.clone());
         let event = ev::TaskCreate {
             container_id: id.to_owned(),
             bundle: dir.to_string_lossy().into_owned(),
@@ -444,6 +536,8 @@ impl LocalTasks {
             pid,
         };
         self.publish(&ctx.namespace, "/tasks/create", any(&event));
+        // An init that died before the task was in the table had its exit event dropped.
+        self.take_exits(&ctx.namespace, id, &task).await;
         Ok(pid)
     }
 
@@ -528,6 +622,8 @@ impl TaskManager for LocalTasks {
                     .call(api::request::Body::Delete(api::ProcessRef::default()))
                     .await?,
             )?;
+            // The exits go out before the delete, and before the shim (which keeps them) exits.
+            self.take_exits(&ctx.namespace, id, &task).await;
             let _ = task
                 .client
                 .call(api::request::Body::Shutdown(api::ShutdownRequest {
@@ -567,6 +663,7 @@ impl TaskManager for LocalTasks {
                     }))
                     .await?,
             )?;
+            self.take_exits(&ctx.namespace, id, &task).await;
             let e = ev::TaskDelete {
                 container_id: id.to_owned(),
                 pid: exit.pid,
@@ -587,7 +684,7 @@ impl TaskManager for LocalTasks {
     ) -> BoxFuture<'a, Result<ProcessState>> {
         Box::pin(async move {
             let task = self.task(ctx, id)?;
-            self.state(&task, id, exec_id).await
+            self.state(&ctx.namespace, &task, id, exec_id).await
         })
     }
 
@@ -605,7 +702,7 @@ impl TaskManager for LocalTasks {
             mine.sort_by(|a, b| a.0.cmp(&b.0));
             let mut out = Vec::new();
             for (id, t) in mine {
-                match self.state(&t, &id, "").await {
+                match self.state(&ctx.namespace, &t, &id, "").await {
                     Ok(s) => out.push(s),
                     Err(e) => {
                         tracing::warn!(id, "state: {e}");
@@ -800,6 +897,7 @@ impl TaskManager for LocalTasks {
     ) -> BoxFuture<'a, Result<ExitInfo>> {
         Box::pin(async move {
             let task = self.task(ctx, id)?;
+            self.take_recovered_exits(&ctx.namespace, id, &task).await;
             Self::exit_of(
                 task.client
                     .call(api::request::Body::Wait(api::ProcessRef {

@@ -50,7 +50,7 @@ pub struct Request {
     pub id: u64,
     #[prost(
         oneof = "request::Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub body: Option<request::Body>,
 }
@@ -92,6 +92,9 @@ pub mod request {
         Shutdown(super::ShutdownRequest),
         #[prost(message, tag = "17")]
         Connect(super::Empty),
+        /// Hands over the exits the daemon has not taken yet (see [`super::ExitsResponse`]).
+        #[prost(message, tag = "18")]
+        TakeExits(super::Empty),
     }
 }
 
@@ -103,7 +106,7 @@ pub struct Response {
     /// Set when the request failed.
     #[prost(message, optional, tag = "2")]
     pub error: Option<ShimError>,
-    #[prost(oneof = "response::Body", tags = "3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "response::Body", tags = "3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<response::Body>,
 }
 
@@ -124,6 +127,8 @@ pub mod response {
         Metrics(super::Metrics),
         #[prost(message, tag = "8")]
         Connect(super::ConnectResponse),
+        #[prost(message, tag = "9")]
+        Exits(super::ExitsResponse),
     }
 }
 
@@ -315,6 +320,15 @@ pub struct ConnectResponse {
     pub task_pid: u32,
     #[prost(string, tag = "3")]
     pub version: String,
+}
+
+/// The exits no daemon has taken yet, now taken: the shim keeps every exit until a daemon
+/// takes it, and hands each out once, so a daemon that publishes what it takes publishes each
+/// exit once, whether it happened while it was connected or down.
+#[derive(Clone, PartialEq, Message)]
+pub struct ExitsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub exits: Vec<ExitEvent>,
 }
 
 /// Something that happened in the shim.
