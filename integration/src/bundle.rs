@@ -1441,3 +1441,19 @@ pub fn read_pty(master: &mut File, timeout: Duration) -> Vec<u8> {
         }
     }
 }
+
+// ---- seccomp agents --------------------------------------------------------------------------
+
+/// Accepts one connection on `listener` and reads what a runtime sends a seccomp agent at
+/// `linux.seccomp.listenerPath`: the container process state JSON, with the notify listener as
+/// SCM_RIGHTS. Reads until the runtime closes its end, so the whole state arrives.
+pub fn receive_seccomp_listener(listener: &UnixListener) -> io::Result<(OwnedFd, Value)> {
+    let (stream, _) = listener.accept()?;
+    let (fd, mut text) = recv_fd(stream.as_raw_fd())?;
+    let mut rest = String::new();
+    (&stream).read_to_string(&mut rest)?;
+    text.push_str(&rest);
+    let state = serde_json::from_str(&text)
+        .map_err(|e| io::Error::other(format!("process state {text:?}: {e}")))?;
+    Ok((fd, state))
+}

@@ -21,12 +21,14 @@ use crate::cgroups::{CgroupManager, CgroupMountSource};
 use crate::hooks::{self, Phase};
 use crate::init::InitOptions;
 use crate::process::{self, ChildFds, Parent, Stage};
+use crate::rdt::Resctrl;
 use crate::rootfs::{CgroupView, sys_err};
 use crate::seccomp::SeccompProgram;
-use crate::spec::{self, Plan, ProcessPlan};
+use crate::spec::{self, Plan, ProcessPlan, RdtPlan, SeccompListener};
 use crate::state::{
     EXEC_FIFO, OciState, Record, Status, now_rfc3339, process_alive, process_start,
 };
+use crate::syscall::LinuxSyscall;
 
 /// Options of `create` (and `run`).
 #[derive(Debug, Clone, Default)]
@@ -128,6 +130,11 @@ impl Runtime {
                 "process.terminal is set: --console-socket is required",
             ));
         }
+        // resctrl is looked for now, so a host without it fails before anything is made.
+        let rdt = match &plan.intel_rdt {
+            Some(_) => Some(Resctrl::find()?),
+            None => None,
+        };
         let cgroup = CgroupManager::new(plan.cgroups_path.as_deref(), id)?;
         std::fs::create_dir(&dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -136,9 +143,12 @@ impl Runtime {
                 Error::io(format!("create {}", dir.display()), e)
             }
         })?;
-        let res = self.create_in(id, opts, &plan, &cgroup);
+        let res = self.create_in(id, opts, &plan, &cgroup, rdt.as_ref());
         if res.is_err() {
             let _ = cgroup.destroy();
+            if let (Some(r), Some(p)) = (&rdt, &plan.intel_rdt) {
+                let _ = r.remove(&LinuxSyscall, p, id);
+            }
             let _ = std::fs::remove_dir_all(&dir);
         }
         res
@@ -150,6 +160,7 @@ impl Runtime {
         opts: &CreateOptions,
         plan: &Plan,
         cgroup: &CgroupManager,
+        rdt: Option<&Resctrl>,
     ) -> Result<i32> {
         let dir = Record::dir(&self.root, id);
         let fifo_path = dir.join(EXEC_FIFO);
@@ -180,6 +191,7 @@ impl Runtime {
         };
         let mut parent = CreateParent {
             cgroup,
+            rdt,
             plan,
             id,
             created: now_rfc3339(),
@@ -331,6 +343,20 @@ impl Runtime {
             }
         }
         cgroup.destroy()?;
+        if let Some(rdt) = rec
+            .config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.intel_rdt().as_ref())
+        {
+            let plan = RdtPlan::from_spec(rdt)?;
+            // The group was made only if resctrl was there at create; nothing to undo otherwise.
+            if plan.clos_id.is_none()
+                && let Ok(resctrl) = Resctrl::find()
+            {
+                resctrl.remove(&LinuxSyscall, &plan, id)?;
+            }
+        }
         let list = Phase::Poststop.of(rec.config.hooks().as_ref());
         if !list.is_empty() {
             let state = state_json(&rec.oci_state(Status::Stopped));
@@ -387,7 +413,18 @@ impl Runtime {
             Some(s) => Some(SeccompProgram::compile(s)?),
             None => None,
         };
-        let plan = ProcessPlan::new(process, seccomp)?;
+        let listener = match (
+            rec.config
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref()),
+            &seccomp,
+        ) {
+            (Some(spec), Some(prog)) => SeccompListener::new(spec, prog)?,
+            _ => None,
+        };
+        let mut plan = ProcessPlan::new(process, seccomp)?;
+        plan.seccomp_listener = listener;
         if plan.terminal && opts.console_socket.is_none() {
             return Err(Error::invalid_argument(
                 "a terminal was asked for: --console-socket is required",
@@ -408,7 +445,7 @@ impl Runtime {
                 LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
                 LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
                 LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-                LinuxNamespaceType::Time => CloneFlags::empty(),
+                LinuxNamespaceType::Time => spec::CLONE_NEWTIME,
             };
         }
         let cgroup = CgroupManager::load(&rec.cgroup_path)?;
@@ -422,7 +459,10 @@ impl Runtime {
             console_socket: connect_console(opts.console_socket.as_deref())?,
             preserve_fds: opts.preserve_fds,
         };
-        let mut parent = ExecParent { cgroup: &cgroup };
+        let mut parent = ExecParent {
+            cgroup: &cgroup,
+            state: state_json(&rec.oci_state(status)),
+        };
         let pid = process::spawn(&stage, fds, &mut parent)?;
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
@@ -543,6 +583,7 @@ pub fn wait_forwarding_signals(pid: i32) -> Result<i32> {
 
 struct CreateParent<'a> {
     cgroup: &'a CgroupManager,
+    rdt: Option<&'a Resctrl>,
     plan: &'a Plan,
     id: &'a str,
     created: String,
@@ -551,7 +592,19 @@ struct CreateParent<'a> {
 
 impl Parent for CreateParent<'_> {
     fn join_cgroup(&mut self, pid: i32) -> Result<()> {
-        self.cgroup.add_process(pid)
+        self.cgroup.add_process(pid)?;
+        if let (Some(rdt), Some(plan)) = (self.rdt, &self.plan.intel_rdt) {
+            rdt.join(&LinuxSyscall, plan, self.id, pid)?;
+        }
+        Ok(())
+    }
+
+    fn oci_state(&self) -> Result<String> {
+        let record = self
+            .record
+            .as_ref()
+            .ok_or_else(|| Error::internal("no container state before the process started"))?;
+        Ok(state_json(&record.oci_state(Status::Creating)))
     }
 
     fn child_started(&mut self, pid: i32) -> Result<String> {
@@ -600,11 +653,17 @@ fn pid_in_own_namespace(pid: i32) -> Option<i32> {
 
 struct ExecParent<'a> {
     cgroup: &'a CgroupManager,
+    /// The container's state JSON, for a seccomp agent.
+    state: String,
 }
 
 impl Parent for ExecParent<'_> {
     fn join_cgroup(&mut self, pid: i32) -> Result<()> {
         self.cgroup.add_process(pid)
+    }
+
+    fn oci_state(&self) -> Result<String> {
+        Ok(self.state.clone())
     }
 
     fn child_started(&mut self, _pid: i32) -> Result<String> {

@@ -6,14 +6,17 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use berth_core::{Error, Result};
 use nix::errno::Errno;
+use nix::sched::CloneFlags;
 
-use crate::rootfs::{self, CgroupView, sys_err};
-use crate::spec::{Plan, ProcessPlan};
+use crate::rootfs::{self, CgroupView, MountSources, sys_err};
+use crate::seccomp::SeccompProgram;
+use crate::spec::{CLONE_NEWTIME, Plan, ProcessPlan};
 use crate::syscall::Syscall;
 
 /// The PATH used to find the program when the process's environment has none.
@@ -35,7 +38,79 @@ pub trait Handshake {
     fn preserved_fds(&self) -> i32 {
         0
     }
+    /// Hands the seccomp notify listener to the parent, which passes it on to the agent at
+    /// `listenerPath` (runs while the sync channel is still open).
+    fn seccomp_listener(&mut self, listener: OwnedFd) -> Result<()>;
 }
+
+/// The namespace steps of the stage that forks the container's process.
+///
+/// Joins come first (user first, mount last, as the caller sorted them), then a new user
+/// namespace with its id maps (written by the parent, `map_ids`), then the other new namespaces
+/// in one unshare. A new time namespace applies to children only: its offsets are written here,
+/// before the fork, since the kernel fixes them once a process is in it.
+pub fn namespaces(
+    sys: &dyn Syscall,
+    joins: &[(CloneFlags, BorrowedFd<'_>)],
+    new: CloneFlags,
+    time_offsets: Option<&str>,
+    map_ids: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    for (flag, fd) in joins {
+        sys.setns(*fd, *flag)
+            .map_err(|e| sys_err(format!("join namespace {}", ns_name(*flag)), e))?;
+    }
+    if new.contains(CloneFlags::CLONE_NEWUSER) {
+        sys.unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| sys_err("create the user namespace", e))?;
+        map_ids()?;
+        // Become the namespace's root so the rest of setup has its full capability set
+        // regardless of which host id the creator maps to.
+        sys.setresgid(0)
+            .map_err(|e| sys_err("setresgid 0 in the user namespace", e))?;
+        sys.setresuid(0)
+            .map_err(|e| sys_err("setresuid 0 in the user namespace", e))?;
+    }
+    let rest = new - CloneFlags::CLONE_NEWUSER;
+    if !rest.is_empty() {
+        sys.unshare(rest)
+            .map_err(|e| sys_err(format!("create namespaces {rest:?}"), e))?;
+    }
+    if let Some(offsets) = time_offsets.filter(|_| rest.contains(CLONE_NEWTIME)) {
+        sys.write_file(Path::new("/proc/self/timens_offsets"), offsets.as_bytes())
+            .map_err(|e| {
+                sys_err(
+                    format!(
+                        "write linux.timeOffsets {:?} to /proc/self/timens_offsets",
+                        offsets.trim_end()
+                    ),
+                    e,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// The file name of a namespace type under `/proc/PID/ns`.
+pub fn ns_name(flag: CloneFlags) -> &'static str {
+    NS_FILES
+        .iter()
+        .find(|(f, _)| *f == flag)
+        .map(|(_, n)| *n)
+        .unwrap_or("?")
+}
+
+/// Namespace types and their file names under `/proc/PID/ns`, in the order `exec` joins them.
+pub const NS_FILES: [(CloneFlags, &str); 8] = [
+    (CloneFlags::CLONE_NEWUSER, "user"),
+    (CloneFlags::CLONE_NEWIPC, "ipc"),
+    (CloneFlags::CLONE_NEWUTS, "uts"),
+    (CloneFlags::CLONE_NEWNET, "net"),
+    (CloneFlags::CLONE_NEWPID, "pid"),
+    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+    (CLONE_NEWTIME, "time"),
+    (CloneFlags::CLONE_NEWNS, "mnt"),
+];
 
 /// Options of the init that come from the command line rather than the spec.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,10 +122,14 @@ pub struct InitOptions {
 }
 
 /// The container's init: root filesystem, identity, then exec of `plan.process`.
+///
+/// `sources` holds the detached trees of the plan's id-mapped mounts, made by the parent
+/// ([`rootfs::idmapped_sources`]).
 pub fn container(
     sys: &dyn Syscall,
     plan: &Plan,
     cgroups: &[CgroupView],
+    sources: &MountSources,
     opts: InitOptions,
     hs: &mut dyn Handshake,
 ) -> Result<Infallible> {
@@ -62,7 +141,7 @@ pub fn container(
             Err(e) => return Err(sys_err("join a new session keyring", e)),
         }
     }
-    rootfs::prepare(sys, plan, cgroups)?;
+    rootfs::prepare(sys, plan, cgroups, sources)?;
     hs.create_container_hooks()?;
     rootfs::pivot(sys, plan, opts.no_pivot)?;
     if plan.process.terminal {
@@ -88,13 +167,36 @@ pub fn container(
         sys.write_file(&path, value.as_bytes())
             .map_err(|e| sys_err(format!("sysctl {key}={value} ({})", path.display()), e))?;
     }
+    if let Some(persona) = plan.personality {
+        sys.personality(persona)
+            .map_err(|e| sys_err(format!("personality({persona:#x})"), e))?;
+    }
     let process = with_home(sys, &plan.process);
     let program = prepare(sys, &process)?;
     hs.ready()?;
-    become_user(sys, &process)?;
+    become_user(sys, &process, hs)?;
+    // The init blocks on the exec FIFO with the sync channel closed, so a notify listener that
+    // would be loaded just before exec could no longer reach the parent: with no_new_privs it
+    // is loaded here instead, as late as the channel allows (runc does the same).
+    let late_notify =
+        process.no_new_privileges && process.seccomp.as_ref().is_some_and(|p| p.uses_notify());
+    if late_notify && let Some(prog) = &process.seccomp {
+        load_seccomp(sys, prog, hs)?;
+    }
     hs.wait_for_start()?;
     hs.start_container_hooks()?;
-    exec(sys, &process, &program, hs.preserved_fds())
+    exec(sys, &process, &program, hs, !late_notify)
+}
+
+/// Loads the filter and hands its notify listener, if any, to the parent.
+fn load_seccomp(sys: &dyn Syscall, prog: &SeccompProgram, hs: &mut dyn Handshake) -> Result<()> {
+    let listener = sys
+        .load_seccomp(prog)
+        .map_err(|e| sys_err("load the seccomp filter", e))?;
+    if let Some(fd) = listener {
+        hs.seccomp_listener(fd)?;
+    }
+    Ok(())
 }
 
 /// An extra process in a running container (`exec`): the caller already joined its namespaces
@@ -110,8 +212,8 @@ pub fn exec_process(
     let process = with_home(sys, process);
     let program = prepare(sys, &process)?;
     hs.ready()?;
-    become_user(sys, &process)?;
-    exec(sys, &process, &program, hs.preserved_fds())
+    become_user(sys, &process, hs)?;
+    exec(sys, &process, &program, hs, true)
 }
 
 /// Adds HOME, when the environment lacks it, from the user's entry in the container's
@@ -161,6 +263,27 @@ fn prepare(sys: &dyn Syscall, p: &ProcessPlan) -> Result<CString> {
             )
         })?;
     }
+    // Scheduling and I/O priority while the process still has CAP_SYS_NICE (realtime policies
+    // and the realtime I/O class need it).
+    if let Some(attr) = &p.scheduler {
+        sys.sched_setattr(attr).map_err(|e| {
+            sys_err(
+                format!(
+                    "sched_setattr (policy {}, nice {}, priority {}, flags {:#x})",
+                    attr.policy, attr.nice, attr.priority, attr.flags
+                ),
+                e,
+            )
+        })?;
+    }
+    if let Some(prio) = p.io_priority {
+        sys.ioprio_set(prio).map_err(|e| {
+            sys_err(
+                format!("ioprio_set (class {}, level {})", prio >> 13, prio & 0x7),
+                e,
+            )
+        })?;
+    }
     if p.no_new_privileges {
         sys.set_no_new_privs()
             .map_err(|e| sys_err("prctl(PR_SET_NO_NEW_PRIVS)", e))?;
@@ -170,10 +293,9 @@ fn prepare(sys: &dyn Syscall, p: &ProcessPlan) -> Result<CString> {
 
 /// Switches to the process's user and capabilities; seccomp goes in here when the process has
 /// no no_new_privs, because loading a filter then needs CAP_SYS_ADMIN, which is about to go.
-fn become_user(sys: &dyn Syscall, p: &ProcessPlan) -> Result<()> {
+fn become_user(sys: &dyn Syscall, p: &ProcessPlan, hs: &mut dyn Handshake) -> Result<()> {
     if let (Some(prog), false) = (&p.seccomp, p.no_new_privileges) {
-        sys.load_seccomp(prog)
-            .map_err(|e| sys_err("load the seccomp filter", e))?;
+        load_seccomp(sys, prog, hs)?;
     }
     if let Some(caps) = &p.capabilities {
         sys.drop_bounding(caps)
@@ -200,14 +322,19 @@ fn become_user(sys: &dyn Syscall, p: &ProcessPlan) -> Result<()> {
     Ok(())
 }
 
-fn exec(sys: &dyn Syscall, p: &ProcessPlan, program: &CString, keep: i32) -> Result<Infallible> {
-    sys.close_on_exec_from(3 + keep)
+fn exec(
+    sys: &dyn Syscall,
+    p: &ProcessPlan,
+    program: &CString,
+    hs: &mut dyn Handshake,
+    nnp_seccomp: bool,
+) -> Result<Infallible> {
+    sys.close_on_exec_from(3 + hs.preserved_fds())
         .map_err(|e| sys_err("mark descriptors close-on-exec", e))?;
-    if let (Some(prog), true) = (&p.seccomp, p.no_new_privileges) {
+    if let (Some(prog), true, true) = (&p.seccomp, p.no_new_privileges, nnp_seccomp) {
         // As late as possible: the filter applies to every call after it, so only execve runs
         // under it (a profile may well deny close_range).
-        sys.load_seccomp(prog)
-            .map_err(|e| sys_err("load the seccomp filter", e))?;
+        load_seccomp(sys, prog, hs)?;
     }
     let err = match sys.execve(program, &p.args, &p.env) {
         Err(e) => e,

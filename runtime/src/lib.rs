@@ -18,6 +18,7 @@
 //! - [`container`] is the lifecycle (create, start, kill, delete, exec, pause) over a state
 //!   directory per container, and [`state`] its on-disk record.
 //! - [`hooks`] runs OCI hooks with the state on stdin.
+//! - [`rdt`] places a container in a resctrl group (`linux.intelRdt`).
 
 pub mod capabilities;
 pub mod cgroups;
@@ -26,6 +27,7 @@ pub mod container;
 pub mod hooks;
 pub mod init;
 pub mod process;
+pub mod rdt;
 pub mod rlimits;
 pub mod rootfs;
 pub mod seccomp;

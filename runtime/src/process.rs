@@ -11,24 +11,30 @@
 //! process with more than one thread: a child of a multi-threaded process may find a lock held
 //! forever by a thread that does not exist in it.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use berth_core::{Error, ErrorKind, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, send, socketpair};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
 use nix::sys::stat::Mode;
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{self, Phase};
+use crate::init::NS_FILES;
 use crate::init::{self, Handshake, InitOptions};
-use crate::rootfs::{CgroupView, sys_err};
-use crate::spec::{IdMappings, Plan, ProcessPlan};
-use crate::syscall::{LinuxSyscall, Syscall};
+use crate::rootfs::{self, CgroupView, MountSources, sys_err};
+use crate::spec::{IdMappings, Plan, ProcessPlan, SeccompListener};
+use crate::syscall::LinuxSyscall;
 
 /// A message between the stages.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,6 +58,15 @@ pub enum SyncMsg {
     },
     /// Child → parent: set up, about to wait for start (init) or exec (exec'd process).
     Ready,
+    /// Intermediate → parent: make the id-mapped mount trees (its user namespace is ready).
+    MountSources,
+    /// Parent → intermediate: the trees, as SCM_RIGHTS descriptors in mount order.
+    MountSourcesReady {
+        /// How many descriptors travel with the message.
+        count: usize,
+    },
+    /// Child → parent: the seccomp notify listener travels with this message (SCM_RIGHTS).
+    SeccompListener,
     /// Any stage → parent: this failed.
     Error {
         /// The errdefs kind.
@@ -60,6 +75,9 @@ pub enum SyncMsg {
         message: String,
     },
 }
+
+/// The most descriptors one sync message carries (id-mapped mounts of one container).
+const MAX_FDS: usize = 64;
 
 /// One end of the sync socket pair.
 #[derive(Debug)]
@@ -82,10 +100,31 @@ impl Channel {
 
     /// Sends one message.
     pub fn send(&self, msg: &SyncMsg) -> Result<()> {
+        self.send_with_fds(msg, &[])
+    }
+
+    /// Sends one message with descriptors attached (SCM_RIGHTS).
+    pub fn send_with_fds(&self, msg: &SyncMsg, fds: &[BorrowedFd<'_>]) -> Result<()> {
         let data = serde_json::to_vec(msg)
             .map_err(|e| Error::internal(format!("encode sync message: {e}")))?;
+        if fds.len() > MAX_FDS {
+            return Err(Error::invalid_argument(format!(
+                "{} descriptors in one sync message (at most {MAX_FDS})",
+                fds.len()
+            )));
+        }
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let rights = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+        let iov = [IoSlice::new(&data)];
         loop {
-            match send(self.fd.as_raw_fd(), &data, MsgFlags::MSG_NOSIGNAL) {
+            match sendmsg::<()>(
+                self.fd.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(sys_err("send on the sync channel", e)),
@@ -95,10 +134,35 @@ impl Channel {
 
     /// Receives one message; None when the other side has closed.
     pub fn recv(&self) -> Result<Option<SyncMsg>> {
+        Ok(self.recv_with_fds()?.map(|(m, _)| m))
+    }
+
+    /// Receives one message and the descriptors that came with it.
+    pub fn recv_with_fds(&self) -> Result<Option<(SyncMsg, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; 1 << 16];
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut fds = Vec::new();
         let n = loop {
-            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Ok(n) => break n,
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    for c in msg
+                        .cmsgs()
+                        .map_err(|e| sys_err("read the sync message's descriptors", e))?
+                    {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: SCM_RIGHTS gave this process new descriptors that
+                            // nothing else owns.
+                            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                        }
+                    }
+                    break msg.bytes;
+                }
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(sys_err("receive on the sync channel", e)),
             }
@@ -107,7 +171,7 @@ impl Channel {
             return Ok(None);
         }
         serde_json::from_slice(&buf[..n])
-            .map(Some)
+            .map(|m| Some((m, fds)))
             .map_err(|e| Error::internal(format!("decode sync message: {e}")))
     }
 
@@ -214,6 +278,8 @@ pub trait Parent {
     fn join_cgroup(&mut self, pid: i32) -> Result<()>;
     /// The child's pid is known: run runtime hooks, return the state JSON for the child's hooks.
     fn child_started(&mut self, pid: i32) -> Result<String>;
+    /// The container's OCI state JSON as the runtime sees it (host pid), for the seccomp agent.
+    fn oci_state(&self) -> Result<String>;
 }
 
 /// Forks the stages; returns the host pid of the process that will exec once it is ready.
@@ -271,6 +337,30 @@ fn parent_side(
                 }
                 ch.send(&SyncMsg::IdsMapped)?;
             }
+            Some(SyncMsg::MountSources) => {
+                let Stage::Init { plan, .. } = stage else {
+                    return Err(Error::internal(
+                        "sync channel: an exec'd process asked for mount trees",
+                    ));
+                };
+                // The intermediate is in the container's user namespace by now (new or
+                // joined): that is the namespace an idmap mount without mappings uses.
+                let userns = if plan.has_namespace(CloneFlags::CLONE_NEWUSER) {
+                    Some(open_ns(&PathBuf::from(format!(
+                        "/proc/{}/ns/user",
+                        intermediate.as_raw()
+                    )))?)
+                } else {
+                    None
+                };
+                let sources = rootfs::idmapped_sources(
+                    &LinuxSyscall,
+                    plan,
+                    userns.as_ref().map(|f| f.as_fd()),
+                )?;
+                let fds = sources.fds();
+                ch.send_with_fds(&SyncMsg::MountSourcesReady { count: fds.len() }, &fds)?;
+            }
             Some(SyncMsg::Child { pid }) => break pid,
             Some(SyncMsg::Error { kind, message }) => {
                 return Err(Error::new(kind_from(&kind), message));
@@ -303,12 +393,137 @@ fn parent_side(
     // The child keeps the channel until it is about to block on the exec FIFO (init) or has
     // exec'd (the descriptor is close-on-exec), so a failure in between (user, capabilities,
     // cwd, execve) still comes back here instead of vanishing into the container's stderr.
-    match ch.recv()? {
-        None => Ok(pid),
-        Some(SyncMsg::Error { kind, message }) => Err(Error::new(kind_from(&kind), message)),
-        Some(m) => Err(Error::internal(format!(
-            "sync channel: unexpected {m:?} after ready"
-        ))),
+    loop {
+        match ch.recv_with_fds()? {
+            None => return Ok(pid),
+            Some((SyncMsg::Error { kind, message }, _)) => {
+                return Err(Error::new(kind_from(&kind), message));
+            }
+            Some((SyncMsg::SeccompListener, fds)) => {
+                let listener = match stage {
+                    Stage::Init { plan, .. } => plan.process.seccomp_listener.as_ref(),
+                    Stage::Exec { process, .. } => process.seccomp_listener.as_ref(),
+                };
+                let (Some(listener), [fd]) = (listener, fds.as_slice()) else {
+                    return Err(Error::internal(format!(
+                        "sync channel: a seccomp listener message with {} descriptors and no \
+                         listenerPath to send it to",
+                        fds.len()
+                    )));
+                };
+                let state = parent.oci_state()?;
+                send_to_seccomp_agent(listener, pid, &state, fd.as_fd())?;
+                // `fds` (our copy of the listener) is closed here: only the agent keeps one.
+            }
+            Some((m, _)) => {
+                return Err(Error::internal(format!(
+                    "sync channel: unexpected {m:?} after ready"
+                )));
+            }
+        }
+    }
+}
+
+/// Connects to the seccomp agent at `listener.path` and sends it the container process state
+/// (JSON, the runtime spec's `containerProcessState`) with the notify listener as SCM_RIGHTS.
+pub fn send_to_seccomp_agent(
+    listener: &SeccompListener,
+    pid: i32,
+    state: &str,
+    fd: BorrowedFd<'_>,
+) -> Result<()> {
+    let path = &listener.path;
+    let state: serde_json::Value = serde_json::from_str(state)
+        .map_err(|e| Error::internal(format!("container state for the seccomp agent: {e}")))?;
+    let msg = serde_json::json!({
+        "ociVersion": crate::spec::OCI_VERSION,
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": listener.metadata,
+        "state": state,
+    })
+    .to_string();
+    let stream = UnixStream::connect(path).map_err(|e| {
+        Error::io(
+            format!(
+                "connect to the seccomp agent at listenerPath {}",
+                path.display()
+            ),
+            e,
+        )
+    })?;
+    let raw = [fd.as_raw_fd()];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let iov = [IoSlice::new(msg.as_bytes())];
+    loop {
+        match sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &rights,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) if n == msg.len() => return Ok(()),
+            Ok(n) => {
+                return Err(Error::internal(format!(
+                    "seccomp agent at {}: sent {n} of {} bytes of the process state",
+                    path.display(),
+                    msg.len()
+                )));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(sys_err(
+                    format!("send the seccomp listener to {}", path.display()),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+/// A user namespace with `maps`, as an open `/proc/PID/ns/user` (see
+/// [`crate::syscall::Syscall::userns_with_mappings`]). Forks: the caller must be single-threaded.
+pub fn userns_with_mappings(maps: &IdMappings) -> std::result::Result<OwnedFd, Errno> {
+    if ensure_single_threaded().is_err() {
+        return Err(Errno::EDEADLK);
+    }
+    // SAFETY: the process has one thread (checked above); the child only calls unshare,
+    // raise and _exit, all async-signal-safe.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => {
+            // SAFETY: plain system calls, then _exit without running the parent's handlers.
+            unsafe {
+                let code = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                    libc::raise(libc::SIGSTOP);
+                    0
+                } else {
+                    1
+                };
+                libc::_exit(code)
+            }
+        }
+        ForkResult::Parent { child } => {
+            let res = (|| {
+                match waitpid(child, Some(WaitPidFlag::WUNTRACED))? {
+                    WaitStatus::Stopped(..) => {}
+                    _ => return Err(Errno::EPERM),
+                }
+                for (file, map) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+                    let path = format!("/proc/{child}/{file}");
+                    std::fs::write(&path, IdMappings::format(map))
+                        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                }
+                nix::fcntl::open(
+                    format!("/proc/{child}/ns/user").as_str(),
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+            })();
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::SIGKILL);
+            let _ = waitpid(child, None);
+            res
+        }
     }
 }
 
@@ -320,16 +535,6 @@ fn write_id_maps(pid: i32, maps: &IdMappings) -> Result<()> {
     }
     Ok(())
 }
-
-const NS_FILES: [(CloneFlags, &str); 7] = [
-    (CloneFlags::CLONE_NEWUSER, "user"),
-    (CloneFlags::CLONE_NEWIPC, "ipc"),
-    (CloneFlags::CLONE_NEWUTS, "uts"),
-    (CloneFlags::CLONE_NEWNET, "net"),
-    (CloneFlags::CLONE_NEWPID, "pid"),
-    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
-    (CloneFlags::CLONE_NEWNS, "mnt"),
-];
 
 fn open_ns(path: &std::path::Path) -> Result<OwnedFd> {
     nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
@@ -371,31 +576,42 @@ fn intermediate(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Result<()> {
         CloneFlags::CLONE_NEWNS => 2,
         _ => 1,
     });
-    for (flag, fd) in &joins {
-        sys.setns(fd.as_fd(), *flag)
-            .map_err(|e| sys_err(format!("join namespace {}", ns_name(*flag)), e))?;
-    }
-    if new.contains(CloneFlags::CLONE_NEWUSER) {
-        sys.unshare(CloneFlags::CLONE_NEWUSER)
-            .map_err(|e| sys_err("create the user namespace", e))?;
+    let borrowed: Vec<(CloneFlags, BorrowedFd<'_>)> =
+        joins.iter().map(|(f, fd)| (*f, fd.as_fd())).collect();
+    let time_offsets = match stage {
+        Stage::Init { plan, .. } => plan.time_offsets.as_deref(),
+        Stage::Exec { .. } => None,
+    };
+    let mut map_ids = || -> Result<()> {
         ch.send(&SyncMsg::MapIds)?;
         ch.expect("the id maps", |m| *m == SyncMsg::IdsMapped)?;
-        // Become the namespace's root so the rest of setup has its full capability set
-        // regardless of which host id the creator maps to.
-        sys.setresgid(0)
-            .map_err(|e| sys_err("setresgid 0 in the user namespace", e))?;
-        sys.setresuid(0)
-            .map_err(|e| sys_err("setresuid 0 in the user namespace", e))?;
-    }
-    let rest = new - CloneFlags::CLONE_NEWUSER;
-    if !rest.is_empty() {
-        sys.unshare(rest)
-            .map_err(|e| sys_err(format!("create namespaces {rest:?}"), e))?;
+        Ok(())
+    };
+    init::namespaces(&sys, &borrowed, new, time_offsets, &mut map_ids)?;
+    let mut sources = MountSources::default();
+    if let Stage::Init { plan, .. } = stage
+        && !rootfs::idmapped_indices(plan).is_empty()
+    {
+        ch.send(&SyncMsg::MountSources)?;
+        match ch.recv_with_fds()? {
+            Some((SyncMsg::MountSourcesReady { count }, trees)) if trees.len() == count => {
+                sources = MountSources::from_plan(plan, trees)?;
+            }
+            Some((SyncMsg::Error { kind, message }, _)) => {
+                return Err(Error::new(kind_from(&kind), message));
+            }
+            other => {
+                return Err(Error::internal(format!(
+                    "sync channel: expected the id-mapped mount trees, got {:?}",
+                    other.map(|(m, fds)| (m, fds.len()))
+                )));
+            }
+        }
     }
     // SAFETY: the intermediate is a fork of a single-threaded process and has no threads.
     match unsafe { nix::unistd::fork() }.map_err(|e| sys_err("fork the container process", e))? {
         ForkResult::Child => {
-            let err = child(ch, stage, fds);
+            let err = child(ch, stage, fds, &sources);
             // Only reached on failure: while the channel is open the parent reports it; once
             // it is closed (the init waits for start), stderr is the only place left.
             if let Some((e, closed)) = err {
@@ -417,16 +633,13 @@ fn intermediate(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Result<()> {
     }
 }
 
-fn ns_name(flag: CloneFlags) -> &'static str {
-    NS_FILES
-        .iter()
-        .find(|(f, _)| *f == flag)
-        .map(|(_, n)| *n)
-        .unwrap_or("?")
-}
-
 /// Runs the final stage; returns only on failure, with whether the channel was closed.
-fn child(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Option<(Error, bool)> {
+fn child(
+    ch: &Channel,
+    stage: &Stage<'_>,
+    fds: ChildFds,
+    sources: &MountSources,
+) -> Option<(Error, bool)> {
     let state = match ch.expect("the go-ahead to set up", |m| {
         matches!(m, SyncMsg::Continue { .. })
     }) {
@@ -451,7 +664,7 @@ fn child(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Option<(Error, bool)
             plan,
             cgroups,
             opts,
-        } => init::container(&sys, plan, cgroups, *opts, &mut hs),
+        } => init::container(&sys, plan, cgroups, sources, *opts, &mut hs),
         Stage::Exec { process, .. } => init::exec_process(&sys, process, &mut hs),
     };
     match res {
@@ -521,5 +734,16 @@ impl Handshake for ChildHandshake<'_> {
 
     fn preserved_fds(&self) -> i32 {
         self.fds.preserve_fds
+    }
+
+    fn seccomp_listener(&mut self, listener: OwnedFd) -> Result<()> {
+        if self.closed {
+            return Err(Error::internal(
+                "the seccomp listener is ready after the sync channel was closed",
+            ));
+        }
+        self.ch
+            .send_with_fds(&SyncMsg::SeccompListener, &[listener.as_fd()])
+        // `listener` is closed on return: the container's process keeps no copy of it.
     }
 }

@@ -4,7 +4,7 @@
 //! order can be checked by unit tests. Targets inside the rootfs are always resolved in-root
 //! ([`Syscall::prepare_target`]) so a symlink in an image cannot point a mount at the host.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use berth_core::{Error, ErrorKind, Result};
@@ -66,7 +66,12 @@ fn in_root(rootfs: &Path, dest: &Path) -> PathBuf {
 ///
 /// Before this the process must be in its own mount namespace; after it, [`pivot`] makes the
 /// rootfs `/`.
-pub fn prepare(sys: &dyn Syscall, plan: &Plan, cgroups: &[CgroupView]) -> Result<()> {
+pub fn prepare(
+    sys: &dyn Syscall,
+    plan: &Plan,
+    cgroups: &[CgroupView],
+    sources: &MountSources,
+) -> Result<()> {
     let rootfs = plan.rootfs.as_path();
     let root_desc = rootfs.display();
     // No mount made below may propagate back to the host (or, with rshared, it must: the spec
@@ -84,8 +89,8 @@ pub fn prepare(sys: &dyn Syscall, plan: &Plan, cgroups: &[CgroupView]) -> Result
     .map_err(|e| sys_err(format!("bind rootfs {root_desc} onto itself"), e))?;
 
     let mut dev_is_fresh = false;
-    for m in &plan.mounts {
-        mount_one(sys, plan, m, cgroups)?;
+    for (index, m) in plan.mounts.iter().enumerate() {
+        mount_one(sys, plan, m, cgroups, sources.get(index))?;
         if m.destination == Path::new("/dev") {
             dev_is_fresh = m.kind != MountKind::Bind;
         }
@@ -97,7 +102,13 @@ pub fn prepare(sys: &dyn Syscall, plan: &Plan, cgroups: &[CgroupView]) -> Result
     Ok(())
 }
 
-fn mount_one(sys: &dyn Syscall, plan: &Plan, m: &MountPlan, cgroups: &[CgroupView]) -> Result<()> {
+fn mount_one(
+    sys: &dyn Syscall,
+    plan: &Plan,
+    m: &MountPlan,
+    cgroups: &[CgroupView],
+    idmapped: Option<BorrowedFd<'_>>,
+) -> Result<()> {
     let rootfs = plan.rootfs.as_path();
     let dest = m.destination.display();
     let step = |what: &str| {
@@ -123,9 +134,18 @@ fn mount_one(sys: &dyn Syscall, plan: &Plan, m: &MountPlan, cgroups: &[CgroupVie
             let target = sys
                 .prepare_target(rootfs, &m.destination, kind)
                 .map_err(|e| sys_err(step(" (create target)"), e))?;
-            let bind = m.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
-            sys.mount(Some(source), target.path(), None, bind, None)
-                .map_err(|e| sys_err(step(""), e))?;
+            match idmapped {
+                // The parent made the id-mapped copy of the source (it needs privilege over
+                // the source's filesystem that the container's user namespace lacks).
+                Some(tree) => sys
+                    .move_mount(tree, &target)
+                    .map_err(|e| sys_err(step(" (move the id-mapped tree into place)"), e))?,
+                None => {
+                    let bind = m.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
+                    sys.mount(Some(source), target.path(), None, bind, None)
+                        .map_err(|e| sys_err(step(""), e))?;
+                }
+            }
             // The descriptor still names the directory under the new mount: reopen it so the
             // calls below act on the mount itself.
             let target = sys
@@ -150,8 +170,12 @@ fn mount_one(sys: &dyn Syscall, plan: &Plan, m: &MountPlan, cgroups: &[CgroupVie
                 sys.mount(None, target.path(), None, *p, None)
                     .map_err(|e| sys_err(step(" (set propagation)"), e))?;
             }
+            recursive_attrs(sys, rootfs, m, kind)?;
         }
-        MountKind::Cgroup => mount_cgroup(sys, plan, m, cgroups)?,
+        MountKind::Cgroup => {
+            mount_cgroup(sys, plan, m, cgroups)?;
+            recursive_attrs(sys, rootfs, m, FileKind::Dir)?;
+        }
         MountKind::Filesystem => {
             let target = sys
                 .prepare_target(rootfs, &m.destination, FileKind::Dir)
@@ -204,9 +228,151 @@ fn mount_one(sys: &dyn Syscall, plan: &Plan, m: &MountPlan, cgroups: &[CgroupVie
                 sys.mount(None, target.path(), None, *p, None)
                     .map_err(|e| sys_err(step(" (set propagation)"), e))?;
             }
+            recursive_attrs(sys, rootfs, m, FileKind::Dir)?;
         }
     }
     Ok(())
+}
+
+/// The `r*` options: one mount_setattr(2) with `AT_RECURSIVE` on the mount now at the
+/// destination, so every submount of a recursive bind gets them too (mount(2) flags only ever
+/// reach the top mount).
+fn recursive_attrs(sys: &dyn Syscall, rootfs: &Path, m: &MountPlan, kind: FileKind) -> Result<()> {
+    let Some(attr) = &m.recursive else {
+        return Ok(());
+    };
+    let dest = m.destination.display();
+    let target = sys
+        .prepare_target(rootfs, &m.destination, kind)
+        .map_err(|e| sys_err(format!("reopen {dest} for its recursive attributes"), e))?;
+    sys.mount_setattr(&target, attr, true).map_err(|e| {
+        sys_err(
+            format!(
+                "mount_setattr on {dest} in rootfs {} (set {:#x}, clear {:#x}, recursive)",
+                rootfs.display(),
+                attr.set,
+                attr.clear
+            ),
+            e,
+        )
+    })
+}
+
+/// Detached, id-mapped copies of the sources of the plan's `idmap`/`ridmap` mounts, made by
+/// the parent, keyed by the mount's index in `plan.mounts`.
+#[derive(Debug, Default)]
+pub struct MountSources {
+    trees: Vec<(usize, OwnedFd)>,
+}
+
+impl MountSources {
+    /// Trees by mount index.
+    pub fn new(trees: Vec<(usize, OwnedFd)>) -> MountSources {
+        MountSources { trees }
+    }
+
+    /// Pairs `fds` (in the order of the plan's id-mapped mounts) with their mount indices.
+    pub fn from_plan(plan: &Plan, fds: Vec<OwnedFd>) -> Result<MountSources> {
+        let indices = idmapped_indices(plan);
+        if indices.len() != fds.len() {
+            return Err(Error::internal(format!(
+                "expected {} id-mapped mount trees from the parent, got {}",
+                indices.len(),
+                fds.len()
+            )));
+        }
+        Ok(MountSources {
+            trees: indices.into_iter().zip(fds).collect(),
+        })
+    }
+
+    /// The tree for the mount at `index`, if it is id-mapped.
+    pub fn get(&self, index: usize) -> Option<BorrowedFd<'_>> {
+        self.trees
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, fd)| fd.as_fd())
+    }
+
+    /// The trees in mount order, to pass on.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.trees.iter().map(|(_, fd)| fd.as_fd()).collect()
+    }
+}
+
+/// Indices in `plan.mounts` of the id-mapped mounts.
+pub fn idmapped_indices(plan: &Plan) -> Vec<usize> {
+    plan.mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.idmap.is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Makes the detached id-mapped trees: open_tree(OPEN_TREE_CLONE) of each source, then
+/// mount_setattr(MOUNT_ATTR_IDMAP) with the mount's own mappings (a user namespace made for
+/// them) or the container's user namespace `container_userns`.
+///
+/// Runs in the runtime's parent process, in the host's user namespace: marking a mount
+/// id-mapped needs CAP_SYS_ADMIN over the source's filesystem, which the container lacks.
+pub fn idmapped_sources(
+    sys: &dyn Syscall,
+    plan: &Plan,
+    container_userns: Option<BorrowedFd<'_>>,
+) -> Result<MountSources> {
+    let mut trees = Vec::new();
+    for (index, m) in plan.mounts.iter().enumerate() {
+        let Some(idmap) = &m.idmap else {
+            continue;
+        };
+        let dest = m.destination.display();
+        let source = m.source.as_deref().unwrap_or(Path::new(""));
+        let own = match &idmap.mappings {
+            Some(maps) => Some(sys.userns_with_mappings(maps).map_err(|e| {
+                sys_err(
+                    format!("make a user namespace with the id mappings of mount {dest}"),
+                    e,
+                )
+            })?),
+            None => None,
+        };
+        let userns = match (&own, container_userns) {
+            (Some(fd), _) => fd.as_fd(),
+            (None, Some(fd)) => fd,
+            (None, None) => {
+                return Err(Error::invalid_argument(format!(
+                    "mount {dest}: id-mapped without mappings of its own, and the container \
+                     has no user namespace"
+                )));
+            }
+        };
+        let tree = sys
+            .open_tree(source, m.flags.contains(MsFlags::MS_REC))
+            .map_err(|e| {
+                sys_err(
+                    format!("open_tree {} for mount {dest}", source.display()),
+                    e,
+                )
+            })?;
+        sys.idmap_tree(tree.as_fd(), userns, idmap.recursive)
+            .map_err(|e| {
+                let why = if e == Errno::EINVAL {
+                    " (does the filesystem support id-mapped mounts?)"
+                } else {
+                    ""
+                };
+                sys_err(
+                    format!(
+                        "id-map the tree of {} for mount {dest}{why}",
+                        source.display()
+                    ),
+                    e,
+                )
+            })?;
+        trees.push((index, tree));
+    }
+    Ok(MountSources { trees })
 }
 
 fn mount_cgroup(

@@ -119,11 +119,13 @@ impl SeccompProgram {
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| e.context(format!("seccomp rule for {label}")))?;
             if rule_action == ScmpAction::Notify {
-                // After loading, init still has to hand the listener over by writing to its
-                // parent; a notifying write would wait for an agent that has no listener yet.
-                if rule.names().iter().any(|n| n == "write") {
+                // After loading, init still has to hand the listener over to its parent
+                // (sendmsg on the sync channel); a notifying call there would wait for an
+                // agent that has no listener yet. write is refused as runc refuses it.
+                if rule.names().iter().any(|n| n == "write" || n == "sendmsg") {
                     return Err(Error::invalid_argument(format!(
-                        "seccomp rule for {label}: SCMP_ACT_NOTIFY cannot be used for write"
+                        "seccomp rule for {label}: SCMP_ACT_NOTIFY cannot be used for write or \
+                         sendmsg (the runtime needs them to hand the listener over)"
                     )));
                 }
                 notify = true;

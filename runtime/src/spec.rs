@@ -13,7 +13,9 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::stat::SFlag;
 use oci_spec::runtime::{
-    LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, LinuxResources, Mount, Process, Spec,
+    IOPriorityClass, Linux, LinuxDeviceType, LinuxIOPriority, LinuxIdMapping, LinuxIntelRdt,
+    LinuxNamespaceType, LinuxPersonality, LinuxPersonalityDomain, LinuxResources,
+    LinuxSchedulerFlag, LinuxSchedulerPolicy, LinuxSeccomp, Mount, Process, Scheduler, Spec,
 };
 
 use crate::capabilities::CapabilitySets;
@@ -95,6 +97,11 @@ pub struct MountPlan {
     pub propagation: Vec<MsFlags>,
     /// Filesystem-specific options.
     pub data: Option<String>,
+    /// Recursive attributes (`rro`, `rnosuid`...), applied with mount_setattr(2) and
+    /// `AT_RECURSIVE` once the mount is in place.
+    pub recursive: Option<MountAttr>,
+    /// Id mapping of a bind mount (`idmap` / `ridmap`).
+    pub idmap: Option<IdmapPlan>,
 }
 
 impl MountPlan {
@@ -118,6 +125,8 @@ impl MountPlan {
         let mut propagation = Vec::new();
         let mut data = Vec::new();
         let mut bind = false;
+        let mut recursive: Option<MountAttr> = None;
+        let mut idmap_recursive: Option<bool> = None;
         for opt in m.options().iter().flatten() {
             let (set, clear) = match opt.as_str() {
                 "bind" => {
@@ -175,16 +184,14 @@ impl MountPlan {
                 // Options runc accepts that need no action here.
                 "tmpcopyup" | "norbind" => continue,
                 "idmap" | "ridmap" => {
-                    return Err(Error::not_implemented(format!(
-                        "{}: id-mapped mounts are not supported",
-                        what()
-                    )));
+                    idmap_recursive = Some(opt == "ridmap");
+                    continue;
                 }
                 other if other.starts_with('r') && is_recursive_attr(other) => {
-                    return Err(Error::not_implemented(format!(
-                        "{}: recursive mount attribute {other:?} is not supported",
-                        what()
-                    )));
+                    let (set, clear) = recursive_attr(other);
+                    let attr = recursive.get_or_insert_with(MountAttr::default);
+                    attr.add(set, clear);
+                    continue;
                 }
                 _ => {
                     data.push(opt.clone());
@@ -221,6 +228,40 @@ impl MountPlan {
                 what()
             )));
         }
+        let own_maps = match (m.uid_mappings(), m.gid_mappings()) {
+            (None, None) => None,
+            (Some(uid), Some(gid)) if !uid.is_empty() && !gid.is_empty() => Some(IdMappings {
+                uid: uid.clone(),
+                gid: gid.clone(),
+            }),
+            _ => {
+                return Err(Error::invalid_argument(format!(
+                    "{}: uidMappings and gidMappings must be given together, and not empty",
+                    what()
+                )));
+            }
+        };
+        let idmap = match (idmap_recursive, own_maps) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(Error::invalid_argument(format!(
+                    "{}: uidMappings/gidMappings need the \"idmap\" or \"ridmap\" option",
+                    what()
+                )));
+            }
+            (Some(recursive), mappings) => {
+                if kind != MountKind::Bind {
+                    return Err(Error::invalid_argument(format!(
+                        "{}: id-mapped mounts are only supported for bind mounts",
+                        what()
+                    )));
+                }
+                Some(IdmapPlan {
+                    recursive,
+                    mappings,
+                })
+            }
+        };
         Ok(MountPlan {
             kind,
             destination: dest.clone(),
@@ -229,7 +270,89 @@ impl MountPlan {
             flags,
             propagation,
             data: (!data.is_empty()).then(|| data.join(",")),
+            recursive,
+            idmap,
         })
+    }
+}
+
+/// `mount_setattr(2)` attributes (`MOUNT_ATTR_*`): the bits to set and the bits to clear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountAttr {
+    /// `attr_set`.
+    pub set: u64,
+    /// `attr_clr`.
+    pub clear: u64,
+}
+
+impl MountAttr {
+    /// Adds one option's bits; a later option overrides an earlier one on the same bits.
+    fn add(&mut self, set: u64, clear: u64) {
+        self.set = (self.set & !clear) | set;
+        self.clear = (self.clear & !set) | clear;
+        // The atime modes are an enum inside MOUNT_ATTR__ATIME: changing one means clearing the
+        // whole field and setting the new value (the kernel refuses a partial clear).
+        if clear & MOUNT_ATTR_ATIME_MASK != 0 {
+            self.clear |= MOUNT_ATTR_ATIME_MASK;
+        }
+    }
+}
+
+/// An id-mapped bind mount (`idmap` / `ridmap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdmapPlan {
+    /// `ridmap`: every mount of the tree is id-mapped, not only its top.
+    pub recursive: bool,
+    /// The mount's own `uidMappings`/`gidMappings`; None uses the container's user namespace.
+    pub mappings: Option<IdMappings>,
+}
+
+/// `MOUNT_ATTR_RDONLY`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+/// `MOUNT_ATTR_NOSUID`.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+/// `MOUNT_ATTR_NODEV`.
+pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+/// `MOUNT_ATTR_NOEXEC`.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+/// `MOUNT_ATTR__ATIME`: the field holding the atime mode.
+pub const MOUNT_ATTR_ATIME_MASK: u64 = 0x0000_0070;
+/// `MOUNT_ATTR_RELATIME` (the value 0 of the atime field).
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0000_0000;
+/// `MOUNT_ATTR_NOATIME`.
+pub const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
+/// `MOUNT_ATTR_STRICTATIME`.
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+/// `MOUNT_ATTR_NODIRATIME`.
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x0000_0080;
+/// `MOUNT_ATTR_IDMAP`.
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// `MOUNT_ATTR_NOSYMFOLLOW`.
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+
+/// The (set, clear) `MOUNT_ATTR_*` bits of a recursive option (one [`is_recursive_attr`] knows).
+///
+/// The atime options follow mount(8): `ratime` and `rnostrictatime` go back to the kernel's
+/// default (relatime), `rnorelatime` asks for strictatime, the mode that is not relatime.
+fn recursive_attr(opt: &str) -> (u64, u64) {
+    const ATIME: u64 = MOUNT_ATTR_ATIME_MASK;
+    match opt {
+        "rro" => (MOUNT_ATTR_RDONLY, 0),
+        "rrw" => (0, MOUNT_ATTR_RDONLY),
+        "rnosuid" => (MOUNT_ATTR_NOSUID, 0),
+        "rsuid" => (0, MOUNT_ATTR_NOSUID),
+        "rnodev" => (MOUNT_ATTR_NODEV, 0),
+        "rdev" => (0, MOUNT_ATTR_NODEV),
+        "rnoexec" => (MOUNT_ATTR_NOEXEC, 0),
+        "rexec" => (0, MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (MOUNT_ATTR_NODIRATIME, 0),
+        "rdiratime" => (0, MOUNT_ATTR_NODIRATIME),
+        "rrelatime" | "ratime" | "rnostrictatime" => (MOUNT_ATTR_RELATIME, ATIME),
+        "rnoatime" => (MOUNT_ATTR_NOATIME, ATIME),
+        "rstrictatime" | "rnorelatime" => (MOUNT_ATTR_STRICTATIME, ATIME),
+        "rnosymfollow" => (MOUNT_ATTR_NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, MOUNT_ATTR_NOSYMFOLLOW),
+        _ => (0, 0),
     }
 }
 
@@ -352,6 +475,12 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
     /// Seccomp filter.
     pub seccomp: Option<SeccompProgram>,
+    /// Where the filter's notify listener goes (`linux.seccomp.listenerPath`), when it has one.
+    pub seccomp_listener: Option<SeccompListener>,
+    /// `process.scheduler`, for sched_setattr(2).
+    pub scheduler: Option<SchedAttr>,
+    /// `process.ioPriority` as the ioprio_set(2) value (class << 13 | level).
+    pub io_priority: Option<u16>,
 }
 
 impl ProcessPlan {
@@ -453,6 +582,17 @@ impl ProcessPlan {
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
             oom_score_adj: process.oom_score_adj(),
             seccomp,
+            seccomp_listener: None,
+            scheduler: process
+                .scheduler()
+                .as_ref()
+                .map(SchedAttr::new)
+                .transpose()?,
+            io_priority: process
+                .io_priority()
+                .as_ref()
+                .map(io_priority)
+                .transpose()?,
         })
     }
 
@@ -504,6 +644,12 @@ pub struct Plan {
     pub cgroups_path: Option<String>,
     /// `linux.resources`.
     pub resources: Option<LinuxResources>,
+    /// `linux.timeOffsets`, for a new time namespace: the text for `/proc/self/timens_offsets`.
+    pub time_offsets: Option<String>,
+    /// `linux.personality` as the persona value for personality(2).
+    pub personality: Option<u64>,
+    /// `linux.intelRdt`.
+    pub intel_rdt: Option<RdtPlan>,
 }
 
 impl Plan {
@@ -539,23 +685,15 @@ impl Plan {
             .clone()
             .ok_or_else(|| Error::invalid_argument("linux section is required on Linux"))?;
 
-        if linux.personality().is_some() {
-            return Err(Error::not_implemented("linux.personality is not supported"));
-        }
-        if linux.intel_rdt().is_some() {
-            return Err(Error::not_implemented("linux.intelRdt is not supported"));
-        }
-        if let Some(p) = spec.process() {
-            if p.scheduler().is_some() {
-                return Err(Error::not_implemented("process.scheduler is not supported"));
-            }
-            if p.io_priority().is_some() {
-                return Err(Error::not_implemented(
-                    "process.ioPriority is not supported",
-                ));
-            }
-        }
-
+        let personality = match linux.personality() {
+            Some(p) => Some(personality(p)?),
+            None => None,
+        };
+        let intel_rdt = linux
+            .intel_rdt()
+            .as_ref()
+            .map(RdtPlan::from_spec)
+            .transpose()?;
         let mut namespaces = Vec::new();
         let mut seen = CloneFlags::empty();
         for ns in linux.namespaces().iter().flatten() {
@@ -567,11 +705,7 @@ impl Plan {
                 LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
                 LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
                 LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-                LinuxNamespaceType::Time => {
-                    return Err(Error::not_implemented(
-                        "time namespaces are not supported by berth-runtime",
-                    ));
-                }
+                LinuxNamespaceType::Time => CLONE_NEWTIME,
             };
             if seen.contains(flag) {
                 return Err(Error::invalid_argument(format!(
@@ -621,9 +755,22 @@ impl Plan {
             None
         };
 
+        let time_offsets = time_offsets(&linux, &namespaces)?;
+
         let mut mounts = Vec::new();
         for m in spec.mounts().iter().flatten() {
-            mounts.push(MountPlan::parse(m, &bundle)?);
+            let plan = MountPlan::parse(m, &bundle)?;
+            if let Some(idmap) = &plan.idmap
+                && idmap.mappings.is_none()
+                && !seen.contains(CloneFlags::CLONE_NEWUSER)
+            {
+                return Err(Error::invalid_argument(format!(
+                    "mount {}: an id-mapped mount without its own uidMappings/gidMappings uses \
+                     the container's user namespace, and the container has none",
+                    plan.destination.display()
+                )));
+            }
+            mounts.push(plan);
         }
 
         let rootfs_propagation = match linux.rootfs_propagation().as_deref() {
@@ -682,14 +829,6 @@ impl Plan {
         let seccomp = match linux.seccomp() {
             Some(s) => {
                 let prog = SeccompProgram::compile(s)?;
-                if prog.uses_notify() {
-                    // The listener would have to travel back to the parent and on to the
-                    // agent at listenerPath; until that exists, refuse rather than have every
-                    // notifying syscall fail with ENOSYS.
-                    return Err(Error::not_implemented(
-                        "seccomp SCMP_ACT_NOTIFY (linux.seccomp.listenerPath) is not supported yet",
-                    ));
-                }
                 for w in prog.warnings() {
                     tracing::warn!("seccomp: {w}");
                 }
@@ -701,7 +840,12 @@ impl Plan {
             .process()
             .as_ref()
             .ok_or_else(|| Error::invalid_argument("process is required"))?;
-        let process = ProcessPlan::new(process, seccomp)?;
+        let listener = match (linux.seccomp(), &seccomp) {
+            (Some(spec), Some(prog)) => SeccompListener::new(spec, prog)?,
+            _ => None,
+        };
+        let mut process = ProcessPlan::new(process, seccomp)?;
+        process.seccomp_listener = listener;
 
         let cgroups_path = linux
             .cgroups_path()
@@ -736,6 +880,9 @@ impl Plan {
             process,
             cgroups_path,
             resources: linux.resources().clone(),
+            time_offsets,
+            personality,
+            intel_rdt,
             spec,
         })
     }
@@ -787,6 +934,259 @@ fn validate_sysctl(key: &str, ns: &CloneFlags) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `CLONE_NEWTIME` (nix has no name for it).
+pub const CLONE_NEWTIME: CloneFlags = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
+
+/// `linux.timeOffsets` as `/proc/self/timens_offsets` text; only for a new time namespace.
+fn time_offsets(linux: &Linux, namespaces: &[NamespacePlan]) -> Result<Option<String>> {
+    let Some(offsets) = linux.time_offsets().as_ref().filter(|o| !o.is_empty()) else {
+        return Ok(None);
+    };
+    match namespaces.iter().find(|n| n.flag == CLONE_NEWTIME) {
+        Some(NamespacePlan { path: None, .. }) => {}
+        Some(NamespacePlan { path: Some(p), .. }) => {
+            return Err(Error::invalid_argument(format!(
+                "linux.timeOffsets cannot be set when joining the time namespace {}: its \
+                 offsets are fixed once a process is in it",
+                p.display()
+            )));
+        }
+        None => {
+            return Err(Error::invalid_argument(
+                "linux.timeOffsets needs a new time namespace (linux.namespaces type \"time\")",
+            ));
+        }
+    }
+    // Sorted for a stable text; the kernel takes both lines in one write.
+    let mut clocks: Vec<_> = offsets.iter().collect();
+    clocks.sort_by(|a, b| a.0.cmp(b.0));
+    let mut text = String::new();
+    for (clock, off) in clocks {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(Error::invalid_argument(format!(
+                "linux.timeOffsets: clock {clock:?} has no offset in a time namespace \
+                 (only \"monotonic\" and \"boottime\")"
+            )));
+        }
+        let nanos = off.nanosecs().unwrap_or(0);
+        if nanos >= 1_000_000_000 {
+            return Err(Error::invalid_argument(format!(
+                "linux.timeOffsets.{clock}.nanosecs {nanos} is not below one second"
+            )));
+        }
+        text.push_str(&format!("{clock} {} {nanos}\n", off.secs().unwrap_or(0)));
+    }
+    Ok(Some(text))
+}
+
+/// `linux.personality` as a persona for personality(2).
+fn personality(p: &LinuxPersonality) -> Result<u64> {
+    const PER_LINUX: u64 = 0x0000;
+    const PER_LINUX32: u64 = 0x0008;
+    if let Some(flag) = p.flags().iter().flatten().next() {
+        // The runtime spec defines no flag values yet.
+        return Err(Error::invalid_argument(format!(
+            "linux.personality.flags: {flag:?} is not a known flag (the spec defines none)"
+        )));
+    }
+    Ok(match p.domain() {
+        LinuxPersonalityDomain::PerLinux => PER_LINUX,
+        LinuxPersonalityDomain::PerLinux32 => PER_LINUX32,
+    })
+}
+
+/// `linux.intelRdt`: the resctrl group to put the container in and what to write to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdtPlan {
+    /// `closID`: an existing (or shared) group's name; None names the group after the container.
+    pub clos_id: Option<String>,
+    /// `schemata` lines to write (L3 cache first, then memory bandwidth).
+    pub schemata: Vec<String>,
+}
+
+impl RdtPlan {
+    /// Validates `linux.intelRdt`.
+    pub fn from_spec(rdt: &LinuxIntelRdt) -> Result<RdtPlan> {
+        let clos_id = rdt.clos_id().clone().filter(|c| !c.is_empty());
+        if let Some(c) = &clos_id
+            && (c == "." || c == ".." || c.contains('/') || c == "info" || c == "mon_groups")
+        {
+            return Err(Error::invalid_argument(format!(
+                "linux.intelRdt.closID {c:?} is not a valid resctrl group name"
+            )));
+        }
+        let mut schemata = Vec::new();
+        for (field, value, prefix) in [
+            ("l3CacheSchema", rdt.l3_cache_schema(), "L3"),
+            ("memBwSchema", rdt.mem_bw_schema(), "MB"),
+        ] {
+            for line in value.iter().flat_map(|v| v.lines()).map(str::trim) {
+                if line.is_empty() {
+                    continue;
+                }
+                if !line.starts_with(prefix) || !line.contains(':') {
+                    return Err(Error::invalid_argument(format!(
+                        "linux.intelRdt.{field}: {line:?} is not a {prefix}:<id>=<value>;... \
+                         schemata line"
+                    )));
+                }
+                schemata.push(line.to_owned());
+            }
+        }
+        Ok(RdtPlan { clos_id, schemata })
+    }
+}
+
+/// Where the seccomp notify listener is handed (`linux.seccomp.listenerPath`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeccompListener {
+    /// The agent's unix socket.
+    pub path: PathBuf,
+    /// `listenerMetadata`, passed on in the container process state.
+    pub metadata: String,
+}
+
+impl SeccompListener {
+    /// The listener of `spec` when `prog` notifies; an error when one is needed and missing.
+    pub fn new(spec: &LinuxSeccomp, prog: &SeccompProgram) -> Result<Option<SeccompListener>> {
+        let path = spec
+            .listener_path()
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        if !prog.uses_notify() {
+            return Ok(None);
+        }
+        let path = path.ok_or_else(|| {
+            Error::invalid_argument(
+                "seccomp: a rule uses SCMP_ACT_NOTIFY but linux.seccomp.listenerPath is not set",
+            )
+        })?;
+        if !path.is_absolute() {
+            return Err(Error::invalid_argument(format!(
+                "linux.seccomp.listenerPath {} must be absolute",
+                path.display()
+            )));
+        }
+        Ok(Some(SeccompListener {
+            path,
+            metadata: spec.listener_metadata().clone().unwrap_or_default(),
+        }))
+    }
+}
+
+/// `struct sched_attr` fields for sched_setattr(2), from `process.scheduler`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedAttr {
+    /// `SCHED_*` policy.
+    pub policy: u32,
+    /// `SCHED_FLAG_*`.
+    pub flags: u64,
+    /// Nice value (SCHED_OTHER, SCHED_BATCH).
+    pub nice: i32,
+    /// Static priority (SCHED_FIFO, SCHED_RR).
+    pub priority: u32,
+    /// SCHED_DEADLINE runtime, ns.
+    pub runtime: u64,
+    /// SCHED_DEADLINE deadline, ns.
+    pub deadline: u64,
+    /// SCHED_DEADLINE period, ns.
+    pub period: u64,
+}
+
+impl SchedAttr {
+    fn new(s: &Scheduler) -> Result<SchedAttr> {
+        let policy = match s.policy() {
+            LinuxSchedulerPolicy::SchedOther => 0,
+            LinuxSchedulerPolicy::SchedFifo => 1,
+            LinuxSchedulerPolicy::SchedRr => 2,
+            LinuxSchedulerPolicy::SchedBatch => 3,
+            LinuxSchedulerPolicy::SchedIdle => 5,
+            LinuxSchedulerPolicy::SchedDeadline => 6,
+            LinuxSchedulerPolicy::SchedIso => {
+                return Err(Error::not_implemented(
+                    "process.scheduler.policy SCHED_ISO does not exist in mainline Linux",
+                ));
+            }
+        };
+        let nice = s.nice().unwrap_or(0);
+        if !(-20..=19).contains(&nice) {
+            return Err(Error::invalid_argument(format!(
+                "process.scheduler.nice {nice} is outside -20..19"
+            )));
+        }
+        let priority = s.priority().unwrap_or(0);
+        let realtime = matches!(policy, 1 | 2);
+        if realtime && !(1..=99).contains(&priority) {
+            return Err(Error::invalid_argument(format!(
+                "process.scheduler.priority {priority} must be 1..99 for {}",
+                s.policy()
+            )));
+        }
+        if !realtime && priority != 0 {
+            return Err(Error::invalid_argument(format!(
+                "process.scheduler.priority must be 0 for {} (it is {priority})",
+                s.policy()
+            )));
+        }
+        let (runtime, deadline, period) = (
+            s.runtime().unwrap_or(0),
+            s.deadline().unwrap_or(0),
+            s.period().unwrap_or(0),
+        );
+        if policy == 6 {
+            // The kernel's own rule (period 0 means "the deadline").
+            let period_or_deadline = if period == 0 { deadline } else { period };
+            if runtime == 0 || runtime > deadline || deadline > period_or_deadline {
+                return Err(Error::invalid_argument(format!(
+                    "process.scheduler: SCHED_DEADLINE needs 0 < runtime ({runtime}) <= deadline \
+                     ({deadline}) <= period ({period})"
+                )));
+            }
+        } else if runtime != 0 || deadline != 0 || period != 0 {
+            return Err(Error::invalid_argument(
+                "process.scheduler: runtime, deadline and period are only for SCHED_DEADLINE",
+            ));
+        }
+        let mut flags = 0u64;
+        for f in s.flags().iter().flatten() {
+            flags |= match f {
+                LinuxSchedulerFlag::SchedResetOnFork => 0x01,
+                LinuxSchedulerFlag::SchedFlagReclaim => 0x02,
+                LinuxSchedulerFlag::SchedFlagDLOverrun => 0x04,
+                LinuxSchedulerFlag::SchedFlagKeepPolicy => 0x08,
+                LinuxSchedulerFlag::SchedFlagKeepParams => 0x10,
+                LinuxSchedulerFlag::SchedFlagUtilClampMin => 0x20,
+                LinuxSchedulerFlag::SchedFlagUtilClampMax => 0x40,
+            };
+        }
+        Ok(SchedAttr {
+            policy,
+            flags,
+            nice,
+            priority: u32::try_from(priority).unwrap_or(0),
+            runtime,
+            deadline,
+            period,
+        })
+    }
+}
+
+/// `process.ioPriority` as ioprio_set(2)'s value.
+fn io_priority(p: &LinuxIOPriority) -> Result<u16> {
+    let class: u16 = match p.class() {
+        IOPriorityClass::IoprioClassRt => 1,
+        IOPriorityClass::IoprioClassBe => 2,
+        IOPriorityClass::IoprioClassIdle => 3,
+    };
+    let level = p.priority();
+    if !(0..=7).contains(&level) {
+        return Err(Error::invalid_argument(format!(
+            "process.ioPriority.priority {level} is outside 0..7"
+        )));
+    }
+    Ok(class << 13 | u16::try_from(level).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -851,10 +1251,10 @@ mod tests {
         assert!(e.to_string().contains("relative"), "{e}");
         let m = mount("/a/../../etc", "tmpfs", "tmpfs", &[]);
         assert!(MountPlan::parse(&m, Path::new("/b")).is_err());
-        let m = mount("/x", "none", "/src", &["idmap", "bind"]);
+        let m = mount("/x", "tmpfs", "tmpfs", &["idmap"]);
         assert_eq!(
             MountPlan::parse(&m, Path::new("/b")).unwrap_err().kind(),
-            ErrorKind::NotImplemented
+            ErrorKind::InvalidArgument
         );
     }
 

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -21,6 +21,7 @@ use nix::sys::stat::{Mode, SFlag};
 use crate::capabilities::CapabilitySets;
 use crate::rlimits::Rlimit;
 use crate::seccomp::SeccompProgram;
+use crate::spec::{IdMappings, MOUNT_ATTR_IDMAP, MountAttr, SchedAttr};
 
 /// What kind of file a mount target must be (a bind mount of a file needs a file to land on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,49 @@ impl MountTarget {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The `*at` form of the target: its descriptor with an empty path, or the path itself.
+    fn at(&self) -> (BorrowedFd<'_>, &Path) {
+        match &self._fd {
+            Some(fd) => (fd.as_fd(), Path::new("")),
+            // SAFETY: AT_FDCWD is a valid "descriptor" for every *at call and is never closed.
+            None => (
+                unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+                &self.path,
+            ),
+        }
+    }
+}
+
+/// `struct mount_attr` of mount_setattr(2) (MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct RawMountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn mount_setattr_raw(
+    dirfd: BorrowedFd<'_>,
+    path: &Path,
+    flags: libc::c_int,
+    attr: &RawMountAttr,
+) -> Result<(), Errno> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `path` is NUL-terminated and `attr` points to a live struct of the size passed;
+    // the kernel only reads both during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            flags | libc::AT_EMPTY_PATH,
+            attr as *const RawMountAttr,
+            std::mem::size_of::<RawMountAttr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 /// The system calls of the init sequence.
@@ -140,6 +184,38 @@ pub trait Syscall {
     fn close_on_exec_from(&self, first: i32) -> Result<(), Errno>;
     /// execve(2) with a path already looked up.
     fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<Infallible, Errno>;
+    /// mount_setattr(2) on the mount at `target` (its root), with `AT_RECURSIVE` when
+    /// `recursive`: the `rro`, `rnosuid`... options.
+    fn mount_setattr(
+        &self,
+        target: &MountTarget,
+        attr: &MountAttr,
+        recursive: bool,
+    ) -> Result<(), Errno>;
+    /// open_tree(2) with `OPEN_TREE_CLONE`: a detached copy of the mount at `path` (of its
+    /// whole tree when `recursive`), as an idmapped mount starts.
+    fn open_tree(&self, path: &Path, recursive: bool) -> Result<OwnedFd, Errno>;
+    /// mount_setattr(2) of `MOUNT_ATTR_IDMAP` with the user namespace `userns` on a detached
+    /// tree from [`Syscall::open_tree`] (every mount of it when `recursive`).
+    fn idmap_tree(
+        &self,
+        tree: BorrowedFd<'_>,
+        userns: BorrowedFd<'_>,
+        recursive: bool,
+    ) -> Result<(), Errno>;
+    /// move_mount(2) of a detached tree onto `target`.
+    fn move_mount(&self, tree: BorrowedFd<'_>, target: &MountTarget) -> Result<(), Errno>;
+    /// A user namespace carrying `maps` (made by a short-lived child, which is reaped), as a
+    /// `/proc/PID/ns/user` descriptor: the mapping of an idmapped mount with its own mappings.
+    fn userns_with_mappings(&self, maps: &IdMappings) -> Result<OwnedFd, Errno>;
+    /// personality(2).
+    fn personality(&self, persona: u64) -> Result<(), Errno>;
+    /// sched_setattr(2) of the calling thread.
+    fn sched_setattr(&self, attr: &SchedAttr) -> Result<(), Errno>;
+    /// ioprio_set(IOPRIO_WHO_PROCESS, 0, value).
+    fn ioprio_set(&self, value: u16) -> Result<(), Errno>;
+    /// rmdir(2) (a resctrl group).
+    fn remove_dir(&self, path: &Path) -> Result<(), Errno>;
 }
 
 /// The real thing.
@@ -427,6 +503,140 @@ impl Syscall for LinuxSyscall {
     fn execve(&self, path: &CStr, args: &[CString], env: &[CString]) -> Result<Infallible, Errno> {
         nix::unistd::execve(path, args, env)
     }
+
+    fn mount_setattr(
+        &self,
+        target: &MountTarget,
+        attr: &MountAttr,
+        recursive: bool,
+    ) -> Result<(), Errno> {
+        let (fd, path) = target.at();
+        let raw = RawMountAttr {
+            attr_set: attr.set,
+            attr_clr: attr.clear,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+        mount_setattr_raw(fd, path, flags, &raw)
+    }
+
+    fn open_tree(&self, path: &Path, recursive: bool) -> Result<OwnedFd, Errno> {
+        const OPEN_TREE_CLONE: libc::c_uint = 1;
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+        let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+        if recursive {
+            flags |= libc::AT_RECURSIVE as libc::c_uint;
+        }
+        // SAFETY: `cpath` is NUL-terminated and outlives the call; no other memory is passed.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
+        let fd = Errno::result(rc)?;
+        let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+        // SAFETY: open_tree returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn idmap_tree(
+        &self,
+        tree: BorrowedFd<'_>,
+        userns: BorrowedFd<'_>,
+        recursive: bool,
+    ) -> Result<(), Errno> {
+        let raw = RawMountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        };
+        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+        mount_setattr_raw(tree, Path::new(""), flags, &raw)
+    }
+
+    fn move_mount(&self, tree: BorrowedFd<'_>, target: &MountTarget) -> Result<(), Errno> {
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+        const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+        let (to_fd, to_path) = target.at();
+        let to = CString::new(to_path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+        let mut flags = MOVE_MOUNT_F_EMPTY_PATH;
+        if to_path.as_os_str().is_empty() {
+            flags |= MOVE_MOUNT_T_EMPTY_PATH;
+        }
+        // SAFETY: both paths are NUL-terminated and outlive the call; the descriptors are live.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                to_fd.as_raw_fd(),
+                to.as_ptr(),
+                flags,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    fn userns_with_mappings(&self, maps: &IdMappings) -> Result<OwnedFd, Errno> {
+        crate::process::userns_with_mappings(maps)
+    }
+
+    fn personality(&self, persona: u64) -> Result<(), Errno> {
+        let persona = libc::c_ulong::try_from(persona).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: personality only takes an integer.
+        let rc = unsafe { libc::personality(persona) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn sched_setattr(&self, attr: &SchedAttr) -> Result<(), Errno> {
+        // `struct sched_attr` as of SCHED_ATTR_SIZE_VER1 (with the utilization clamps).
+        #[repr(C)]
+        struct Raw {
+            size: u32,
+            sched_policy: u32,
+            sched_flags: u64,
+            sched_nice: i32,
+            sched_priority: u32,
+            sched_runtime: u64,
+            sched_deadline: u64,
+            sched_period: u64,
+            sched_util_min: u32,
+            sched_util_max: u32,
+        }
+        let raw = Raw {
+            size: std::mem::size_of::<Raw>() as u32,
+            sched_policy: attr.policy,
+            sched_flags: attr.flags,
+            sched_nice: attr.nice,
+            sched_priority: attr.priority,
+            sched_runtime: attr.runtime,
+            sched_deadline: attr.deadline,
+            sched_period: attr.period,
+            sched_util_min: 0,
+            sched_util_max: 1024,
+        };
+        // SAFETY: `raw` is a live struct whose `size` field says how much the kernel may read.
+        let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw as *const Raw, 0) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn ioprio_set(&self, value: u16) -> Result<(), Errno> {
+        const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+        // SAFETY: ioprio_set only takes integers.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0,
+                libc::c_int::from(value),
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    fn remove_dir(&self, path: &Path) -> Result<(), Errno> {
+        std::fs::remove_dir(path)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
 }
 
 /// One recorded call, with owned arguments so tests can compare them.
@@ -505,6 +715,33 @@ pub enum Call {
     CloseOnExecFrom(i32),
     /// execve(path, args, env).
     Execve(String, Vec<String>, Vec<String>),
+    /// mount_setattr(target, set, clear, AT_RECURSIVE?).
+    MountSetattr {
+        /// The mount's path.
+        target: PathBuf,
+        /// `attr_set`.
+        set: u64,
+        /// `attr_clr`.
+        clear: u64,
+        /// `AT_RECURSIVE`.
+        recursive: bool,
+    },
+    /// open_tree(path, OPEN_TREE_CLONE [| AT_RECURSIVE]).
+    OpenTree(PathBuf, bool),
+    /// mount_setattr(tree, MOUNT_ATTR_IDMAP, userns) [AT_RECURSIVE].
+    IdmapTree(bool),
+    /// move_mount(tree, target).
+    MoveMount(PathBuf),
+    /// A user namespace made with these mappings.
+    UsernsWithMappings(IdMappings),
+    /// personality(persona).
+    Personality(u64),
+    /// sched_setattr(attr).
+    SchedSetattr(SchedAttr),
+    /// ioprio_set(value).
+    IoprioSet(u16),
+    /// rmdir(path).
+    RemoveDir(PathBuf),
 }
 
 /// Records calls instead of making them; `fail` makes one kind of call fail with an errno.
@@ -734,7 +971,16 @@ impl Syscall for RecordingSyscall {
 
     fn load_seccomp(&self, program: &SeccompProgram) -> Result<Option<OwnedFd>, Errno> {
         self.record("LoadSeccomp", Call::LoadSeccomp(program.len()))?;
-        Ok(None)
+        if !program.uses_notify() {
+            return Ok(None);
+        }
+        // A stand-in for the listener, so the hand-over can be followed.
+        nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(Some)
     }
 
     fn join_session_keyring(&self) -> Result<(), Errno> {
@@ -757,5 +1003,70 @@ impl Syscall for RecordingSyscall {
         )?;
         // A recorded exec "returns" with an error so the caller's flow ends as it would.
         Err(Errno::ENOSYS)
+    }
+
+    fn mount_setattr(
+        &self,
+        target: &MountTarget,
+        attr: &MountAttr,
+        recursive: bool,
+    ) -> Result<(), Errno> {
+        self.record(
+            "MountSetattr",
+            Call::MountSetattr {
+                target: target.path().to_path_buf(),
+                set: attr.set,
+                clear: attr.clear,
+                recursive,
+            },
+        )
+    }
+
+    fn open_tree(&self, path: &Path, recursive: bool) -> Result<OwnedFd, Errno> {
+        self.record("OpenTree", Call::OpenTree(path.to_path_buf(), recursive))?;
+        // A real, harmless descriptor so the caller has something to pass on.
+        nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    fn idmap_tree(
+        &self,
+        _tree: BorrowedFd<'_>,
+        _userns: BorrowedFd<'_>,
+        recursive: bool,
+    ) -> Result<(), Errno> {
+        self.record("IdmapTree", Call::IdmapTree(recursive))
+    }
+
+    fn move_mount(&self, _tree: BorrowedFd<'_>, target: &MountTarget) -> Result<(), Errno> {
+        self.record("MoveMount", Call::MoveMount(target.path().to_path_buf()))
+    }
+
+    fn userns_with_mappings(&self, maps: &IdMappings) -> Result<OwnedFd, Errno> {
+        self.record("UsernsWithMappings", Call::UsernsWithMappings(maps.clone()))?;
+        nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    fn personality(&self, persona: u64) -> Result<(), Errno> {
+        self.record("Personality", Call::Personality(persona))
+    }
+
+    fn sched_setattr(&self, attr: &SchedAttr) -> Result<(), Errno> {
+        self.record("SchedSetattr", Call::SchedSetattr(*attr))
+    }
+
+    fn ioprio_set(&self, value: u16) -> Result<(), Errno> {
+        self.record("IoprioSet", Call::IoprioSet(value))
+    }
+
+    fn remove_dir(&self, path: &Path) -> Result<(), Errno> {
+        self.record("RemoveDir", Call::RemoveDir(path.to_path_buf()))
     }
 }

@@ -2,15 +2,17 @@
 //! step, without touching the host.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use berth_core::{ErrorKind, Result};
 use berth_runtime::init::{self, Handshake, InitOptions};
-use berth_runtime::rootfs::CgroupView;
+use berth_runtime::rootfs::{self, CgroupView, MountSources};
 use berth_runtime::spec::Plan;
 use berth_runtime::syscall::{Call, FileKind, RecordingSyscall};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use nix::sys::stat::SFlag;
 use serde_json::json;
 
@@ -38,6 +40,10 @@ impl Handshake for Fake<'_> {
     }
     fn start_container_hooks(&mut self) -> Result<()> {
         self.sys.mark("startContainer hooks");
+        Ok(())
+    }
+    fn seccomp_listener(&mut self, _listener: OwnedFd) -> Result<()> {
+        self.sys.mark("seccomp listener to the parent");
         Ok(())
     }
 }
@@ -96,7 +102,15 @@ fn bundle(edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, Plan
 
 fn run(sys: &RecordingSyscall, plan: &Plan, cgroups: &[CgroupView]) -> berth_core::Error {
     let mut hs = Fake { sys };
-    match init::container(sys, plan, cgroups, InitOptions::default(), &mut hs) {
+    let sources = MountSources::default();
+    match init::container(
+        sys,
+        plan,
+        cgroups,
+        &sources,
+        InitOptions::default(),
+        &mut hs,
+    ) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -484,7 +498,7 @@ fn no_pivot_moves_and_chroots() {
         no_pivot: true,
         no_new_keyring: true,
     };
-    let _ = init::container(&sys, &plan, &[], opts, &mut hs);
+    let _ = init::container(&sys, &plan, &[], &MountSources::default(), opts, &mut hs);
     let calls = sys.calls();
     assert!(!calls.iter().any(|c| matches!(c, Call::PivotRoot(..))));
     assert!(!calls.contains(&Call::JoinSessionKeyring));
@@ -534,5 +548,310 @@ fn merge(a: &mut serde_json::Value, b: &serde_json::Value) {
             }
         }
         (a, b) => *a = b.clone(),
+    }
+}
+
+#[test]
+fn recursive_attributes_are_set_on_the_mount_after_it_is_made() {
+    let (_dir, plan) = bundle(|s| {
+        s["mounts"][4]["options"] = json!(["rbind", "rro", "rnosuid", "rnoatime", "rprivate"]);
+    });
+    let sys = RecordingSyscall::new();
+    run(&sys, &plan, &[]);
+    let calls = sys.calls();
+    let data = plan.rootfs.join("data");
+    let bind = position(&calls, |c| {
+        matches!(c, Call::Mount { source: Some(s), target, .. }
+            if *s == Path::new("/var/tmp") && *target == data)
+    });
+    let setattr = position(&calls, |c| matches!(c, Call::MountSetattr { .. }));
+    let pivot = position(&calls, |c| matches!(c, Call::PivotRoot(..)));
+    assert!(bind < setattr && setattr < pivot);
+    assert_eq!(
+        calls[setattr],
+        Call::MountSetattr {
+            target: data,
+            set: 0x1 | 0x2 | 0x10,
+            clear: 0x70,
+            recursive: true
+        }
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::MountSetattr { .. }))
+            .count(),
+        1
+    );
+}
+
+fn with_userns(s: &mut serde_json::Value) {
+    let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    s["linux"]["uidMappings"] = map.clone();
+    s["linux"]["gidMappings"] = map;
+}
+
+#[test]
+fn idmapped_mounts_are_made_by_the_parent_and_moved_into_place_by_init() {
+    let (_dir, plan) = bundle(|s| {
+        with_userns(s);
+        s["mounts"][4]["options"] = json!(["rbind", "idmap", "ro"]);
+        let own = json!([{"containerID": 0, "hostID": 101000, "size": 1}]);
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/own", "type": "bind", "source": "/srv",
+            "options": ["bind", "ridmap"], "uidMappings": own, "gidMappings": own,
+        }));
+    });
+    // The parent's part: open_tree + MOUNT_ATTR_IDMAP, with the container's user namespace for
+    // /data and a namespace of the mount's own mappings for /own.
+    let parent = RecordingSyscall::new();
+    let userns = std::fs::File::open("/proc/self/ns/user").unwrap();
+    let sources = rootfs::idmapped_sources(&parent, &plan, Some(userns.as_fd())).unwrap();
+    let own_maps = plan.mounts[5].idmap.clone().unwrap().mappings.unwrap();
+    assert_eq!(
+        parent.calls(),
+        vec![
+            Call::OpenTree("/var/tmp".into(), true),
+            Call::IdmapTree(false),
+            Call::UsernsWithMappings(own_maps),
+            Call::OpenTree("/srv".into(), false),
+            Call::IdmapTree(true),
+        ]
+    );
+    assert!(sources.get(4).is_some() && sources.get(5).is_some() && sources.get(0).is_none());
+
+    // The init's part: move_mount instead of a bind, before the pivot.
+    let sys = RecordingSyscall::new();
+    let mut hs = Fake { sys: &sys };
+    let _ = init::container(&sys, &plan, &[], &sources, InitOptions::default(), &mut hs);
+    let calls = sys.calls();
+    let data = plan.rootfs.join("data");
+    let moved = position(&calls, |c| *c == Call::MoveMount(data.clone()));
+    let own = position(&calls, |c| *c == Call::MoveMount(plan.rootfs.join("own")));
+    let pivot = position(&calls, |c| matches!(c, Call::PivotRoot(..)));
+    assert!(moved < own && own < pivot);
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount { source: Some(s), .. }
+            if *s == Path::new("/var/tmp") || *s == Path::new("/srv"))),
+        "an id-mapped mount is not bound from its source: {calls:#?}"
+    );
+    // The read-only remount of the bind still follows the move.
+    assert!(calls[moved..pivot].iter().any(|c| matches!(c,
+        Call::Mount { target, flags, .. }
+            if *target == data && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY))));
+}
+
+#[test]
+fn a_new_time_namespace_gets_its_offsets_before_the_fork() {
+    let sys = RecordingSyscall::new();
+    let time = berth_runtime::spec::CLONE_NEWTIME;
+    let new = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | time;
+    let offsets = "boottime 20 0\nmonotonic 10 5\n";
+    let mut map_ids = || {
+        sys.mark("parent maps ids");
+        Ok(())
+    };
+    init::namespaces(&sys, &[], new, Some(offsets), &mut map_ids).unwrap();
+    assert_eq!(
+        sys.calls(),
+        vec![
+            Call::Unshare(CloneFlags::CLONE_NEWUSER),
+            Call::Mark("parent maps ids".into()),
+            Call::Setresgid(0),
+            Call::Setresuid(0),
+            Call::Unshare(CloneFlags::CLONE_NEWNS | time),
+            Call::WriteFile(
+                "/proc/self/timens_offsets".into(),
+                offsets.as_bytes().to_vec()
+            ),
+        ]
+    );
+
+    // Joining one by path: setns, and no offsets (they belong to whoever made it).
+    let sys = RecordingSyscall::new();
+    let fd = std::fs::File::open("/proc/self/ns/time").unwrap();
+    init::namespaces(
+        &sys,
+        &[(time, fd.as_fd())],
+        CloneFlags::CLONE_NEWNS,
+        None,
+        &mut || Ok(()),
+    )
+    .unwrap();
+    assert_eq!(
+        sys.calls(),
+        vec![Call::Setns(time), Call::Unshare(CloneFlags::CLONE_NEWNS)]
+    );
+}
+
+#[test]
+fn time_offsets_are_validated_into_timens_text() {
+    let (_dir, plan) = bundle(|s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        s["linux"]["timeOffsets"] = json!({
+            "monotonic": {"secs": 10, "nanosecs": 5},
+            "boottime": {"secs": -3}
+        });
+    });
+    assert_eq!(
+        plan.time_offsets.as_deref(),
+        Some("boottime -3 0\nmonotonic 10 5\n")
+    );
+}
+
+#[test]
+fn personality_scheduler_and_io_priority_are_set_after_the_pivot_and_before_ready() {
+    let (_dir, plan) = bundle(|s| {
+        s["linux"]["personality"] = json!({"domain": "LINUX32"});
+        s["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 5});
+        s["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+    });
+    let sys = RecordingSyscall::new();
+    run(&sys, &plan, &[]);
+    let calls = sys.calls();
+    let pivot = position(&calls, |c| matches!(c, Call::PivotRoot(..)));
+    let persona = position(&calls, |c| *c == Call::Personality(8));
+    let sched = position(
+        &calls,
+        |c| matches!(c, Call::SchedSetattr(a) if a.policy == 3 && a.nice == 5),
+    );
+    let ioprio = position(&calls, |c| *c == Call::IoprioSet(3 << 13));
+    let ready = mark(&calls, "ready");
+    let seccomp = position(&calls, |c| matches!(c, Call::LoadSeccomp(_)));
+    let setuid = position(&calls, |c| matches!(c, Call::Setresuid(_)));
+    assert!(pivot < persona && persona < sched && sched < ioprio && ioprio < ready);
+    // Still privileged (CAP_SYS_NICE) and outside the seccomp filter.
+    assert!(ioprio < setuid && ioprio < seccomp);
+}
+
+fn notify_seccomp(s: &mut serde_json::Value) {
+    s["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": "/run/agent.sock",
+        "listenerMetadata": "meta",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+}
+
+#[test]
+fn a_notify_listener_reaches_the_parent_while_the_channel_is_open() {
+    // With no_new_privs the filter usually goes in just before exec, after the channel closed;
+    // a notifying filter goes in just before the wait for start instead.
+    let (_dir, plan) = bundle(notify_seccomp);
+    let listener = plan.process.seccomp_listener.clone().unwrap();
+    assert_eq!(listener.path, Path::new("/run/agent.sock"));
+    assert_eq!(listener.metadata, "meta");
+    let sys = RecordingSyscall::new();
+    run(&sys, &plan, &[]);
+    let calls = sys.calls();
+    let setuid = position(&calls, |c| matches!(c, Call::Setresuid(_)));
+    let load = position(&calls, |c| matches!(c, Call::LoadSeccomp(_)));
+    let handed = mark(&calls, "seccomp listener to the parent");
+    let wait = mark(&calls, "wait for start");
+    assert!(setuid < load && load + 1 == handed && handed < wait);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::LoadSeccomp(_)))
+            .count(),
+        1
+    );
+
+    // Without no_new_privs it is loaded while privileged, and handed over right away.
+    let (_dir, plan) = bundle(|s| {
+        notify_seccomp(s);
+        s["process"]["noNewPrivileges"] = json!(false);
+    });
+    let sys = RecordingSyscall::new();
+    run(&sys, &plan, &[]);
+    let calls = sys.calls();
+    let ready = mark(&calls, "ready");
+    let load = position(&calls, |c| matches!(c, Call::LoadSeccomp(_)));
+    let handed = mark(&calls, "seccomp listener to the parent");
+    let setuid = position(&calls, |c| matches!(c, Call::Setresuid(_)));
+    assert!(ready < load && load + 1 == handed && handed < setuid);
+}
+
+#[test]
+fn new_options_are_validated_before_any_process() {
+    for (edit, needle) in [
+        (
+            json!({"linux": {"timeOffsets": {"monotonic": {"secs": 1}}}}),
+            "needs a new time namespace",
+        ),
+        (
+            json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "time"}],
+                             "timeOffsets": {"realtime": {"secs": 1}}}}),
+            "\"realtime\"",
+        ),
+        (
+            json!({"linux": {"personality": {"domain": "LINUX", "flags": ["X"]}}}),
+            "personality.flags",
+        ),
+        (
+            json!({"process": {"scheduler": {"policy": "SCHED_BATCH", "priority": 5}}}),
+            "priority must be 0",
+        ),
+        (
+            json!({"process": {"scheduler": {"policy": "SCHED_FIFO"}}}),
+            "must be 1..99",
+        ),
+        (
+            json!({"process": {"scheduler": {"policy": "SCHED_OTHER", "nice": 40}}}),
+            "nice 40",
+        ),
+        (
+            json!({"process": {"ioPriority": {"class": "IOPRIO_CLASS_BE", "priority": 9}}}),
+            "outside 0..7",
+        ),
+        (
+            json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}}}),
+            "listenerPath",
+        ),
+        (
+            json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+                "listenerPath": "/a.sock",
+                "syscalls": [{"names": ["sendmsg"], "action": "SCMP_ACT_NOTIFY"}]}}}),
+            "sendmsg",
+        ),
+        (
+            json!({"mounts": [{"destination": "/m", "type": "bind", "source": "/srv",
+                               "options": ["bind", "idmap"]}]}),
+            "has none",
+        ),
+        (
+            json!({"mounts": [{"destination": "/m", "type": "bind", "source": "/srv",
+                               "options": ["bind"],
+                               "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}],
+                               "gidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}]}),
+            "need the \"idmap\"",
+        ),
+        (
+            json!({"linux": {"intelRdt": {"l3CacheSchema": "MB:0=5"}}}),
+            "l3CacheSchema",
+        ),
+        (json!({"linux": {"intelRdt": {"closID": "../x"}}}), "closID"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let mut spec = json!({
+            "ociVersion": "1.2.0",
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["true"], "cwd": "/"},
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": "mount"}]}
+        });
+        merge(&mut spec, &edit);
+        std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
+        let spec = berth_runtime::spec::load(dir.path()).unwrap();
+        let err = Plan::new(spec, dir.path()).unwrap_err();
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
     }
 }

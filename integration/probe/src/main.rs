@@ -7,8 +7,10 @@
 //! - `status`: pid, ppid, ids, groups, umask, cwd, uname host and domain names, the five
 //!   capability sets, NoNewPrivs, the seccomp mode, every rlimit, oom_score_adj, the mount table,
 //!   namespace inode numbers, cgroups and the environment.
-//! - `syscall mkdir|mkdirat|getcwd|unshare-user|keyctl|personality [ARG]`: makes that raw system
-//!   call and reports `{"errno": N}` (0 on success) and its return value.
+//! - `syscall mkdir|mkdirat|getcwd|unshare-user|keyctl|personality|sched_getscheduler|
+//!   getpriority|ioprio_get [ARG]`: makes that raw system call and reports `{"errno": N}` (0 on
+//!   success) and its return value.
+//! - `clocks`: CLOCK_MONOTONIC and CLOCK_BOOTTIME in seconds (time namespace offsets).
 //! - `read PATH` / `write PATH` / `ls PATH` / `stat PATH`: the errno, and what was read or seen.
 //! - `alloc MB`: allocates and touches `MB` MiB, one MiB at a time.
 //! - `fork N`: tries to create `N` processes that wait; reports how many succeeded and the errno
@@ -161,6 +163,7 @@ fn run(args: &[&str]) -> Result<ExitCode, String> {
             print(&trap(Duration::from_secs_f64(secs)));
         }
         "tty" => print(&tty()),
+        "clocks" => print(&clocks()),
         other => return Err(format!("unknown subcommand {other:?}")),
     }
     Ok(ExitCode::SUCCESS)
@@ -435,6 +438,20 @@ fn syscall(name: &str, arg: Option<&str>) -> Result<Json, String> {
             // SAFETY: an integer argument only (0xffffffff queries).
             unsafe { libc::syscall(libc::SYS_personality, persona) }
         }
+        "sched_getscheduler" => {
+            // SAFETY: pid 0 (the caller) only.
+            unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) }
+        }
+        "getpriority" => {
+            // The raw call returns 20 - nice (never negative), as the kernel does.
+            // SAFETY: integer arguments only (PRIO_PROCESS, the caller).
+            unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, 0) }
+        }
+        "ioprio_get" => {
+            // IOPRIO_WHO_PROCESS (1) of the caller: class << 13 | level.
+            // SAFETY: integer arguments only.
+            unsafe { libc::syscall(libc::SYS_ioprio_get, 1, 0) }
+        }
         other => return Err(format!("unknown syscall {other:?}")),
     };
     let err = if ret == -1 { errno() } else { 0 };
@@ -443,6 +460,27 @@ fn syscall(name: &str, arg: Option<&str>) -> Result<Json, String> {
         ("errno", Json::int(err)),
         ("ret", Json::int(ret)),
     ]))
+}
+
+/// CLOCK_MONOTONIC and CLOCK_BOOTTIME, in whole seconds (what a time namespace offsets).
+fn clocks() -> Json {
+    let secs = |clock: libc::clockid_t| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a writable timespec for the duration of the call.
+        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+        if rc == 0 {
+            Json::int(ts.tv_sec)
+        } else {
+            Json::int(-i128::from(errno()))
+        }
+    };
+    Json::obj([
+        ("monotonic", secs(libc::CLOCK_MONOTONIC)),
+        ("boottime", secs(libc::CLOCK_BOOTTIME)),
+    ])
 }
 
 /// The legacy `mkdir` system call (what a seccomp rule naming `mkdir` matches); architectures

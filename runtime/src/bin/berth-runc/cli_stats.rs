@@ -114,14 +114,17 @@ pub fn features() -> Value {
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": [
             "acl", "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
-            "iversion", "lazytime", "loud", "mand", "noacl", "noatime", "nodev", "nodiratime",
-            "noexec", "noiversion", "nolazytime", "nomand", "norelatime", "nostrictatime",
-            "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro", "rprivate",
-            "rshared", "rslave", "runbindable", "rw", "shared", "silent", "slave",
-            "strictatime", "suid", "symfollow", "sync", "tmpcopyup", "unbindable"
+            "idmap", "iversion", "lazytime", "loud", "mand", "noacl", "noatime", "nodev",
+            "nodiratime", "noexec", "noiversion", "nolazytime", "nomand", "norelatime",
+            "nostrictatime", "nosuid", "nosymfollow", "private", "ratime", "rbind", "rdev",
+            "rdiratime", "relatime", "remount", "rexec", "ridmap", "rnoatime", "rnodev",
+            "rnodiratime", "rnoexec", "rnorelatime", "rnostrictatime", "rnosuid",
+            "rnosymfollow", "ro", "rprivate", "rrelatime", "rro", "rrw", "rshared", "rslave",
+            "rstrictatime", "rsuid", "rsymfollow", "runbindable", "rw", "shared", "silent",
+            "slave", "strictatime", "suid", "symfollow", "sync", "tmpcopyup", "unbindable"
         ],
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": known_capabilities(),
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
             "seccomp": {
@@ -141,7 +144,9 @@ pub fn features() -> Value {
                 ]
             },
             "apparmor": { "enabled": false },
-            "selinux": { "enabled": false }
+            "selinux": { "enabled": false },
+            "intelRdt": { "enabled": true },
+            "mountExtensions": { "idmap": { "enabled": true } }
         },
         "annotations": {
             "io.github.berth.runtime.version": env!("CARGO_PKG_VERSION")
