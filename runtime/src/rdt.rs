@@ -86,10 +86,16 @@ impl Resctrl {
                 .map_err(|e| sys_err(format!("create resctrl group {}", group.display()), e))?,
             Err(e) => return Err(sys_err(format!("resctrl group {}", group.display()), e)),
         }
-        let schemata = group.join("schemata");
-        for line in &plan.schemata {
-            sys.write_file(&schemata, format!("{line}\n").as_bytes())
-                .map_err(|e| sys_err(format!("write {line:?} to {}", schemata.display()), e))?;
+        if !plan.schemata.is_empty() {
+            // One write: the kernel parses it line by line, and a partial schemata never shows.
+            let schemata = group.join("schemata");
+            let text: String = plan.schemata.iter().map(|l| format!("{l}\n")).collect();
+            sys.write_file(&schemata, text.as_bytes()).map_err(|e| {
+                sys_err(
+                    format!("write {:?} to {}", text.trim_end(), schemata.display()),
+                    e,
+                )
+            })?;
         }
         let tasks = group.join("tasks");
         sys.write_file(&tasks, pid.to_string().as_bytes())

@@ -30,8 +30,43 @@ pub fn load(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
     let data =
         std::fs::read(&path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    serde_json::from_slice(&data)
-        .map_err(|e| Error::invalid_argument(format!("parse {}: {e}", path.display())))
+    parse(&data).map_err(|e| Error::invalid_argument(format!("parse {}: {e}", path.display())))
+}
+
+/// Parses a `config.json`, taking the runtime spec's names where oci-spec spells them otherwise.
+pub fn parse(data: &[u8]) -> std::result::Result<Spec, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(data)?;
+    if let Some(p) = value.get_mut("process") {
+        normalize_process(p);
+    }
+    serde_json::from_value(value)
+}
+
+/// Parses a process JSON (`exec --process`), as [`parse`] does a whole spec.
+pub fn parse_process(data: &[u8]) -> std::result::Result<Process, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(data)?;
+    normalize_process(&mut value);
+    serde_json::from_value(value)
+}
+
+/// oci-spec 0.10 derives two scheduler flag names from its enum (`SCHED_RESET_ON_FORK`,
+/// `SCHED_FLAG_D_L_OVERRUN`) where the runtime spec says `SCHED_FLAG_RESET_ON_FORK` and
+/// `SCHED_FLAG_DL_OVERRUN`: rename the spec's to oci-spec's before deserializing.
+fn normalize_process(process: &mut serde_json::Value) {
+    let Some(flags) = process
+        .pointer_mut("/scheduler/flags")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return;
+    };
+    for flag in flags {
+        let renamed = match flag.as_str() {
+            Some("SCHED_FLAG_RESET_ON_FORK") => "SCHED_RESET_ON_FORK",
+            Some("SCHED_FLAG_DL_OVERRUN") => "SCHED_FLAG_D_L_OVERRUN",
+            _ => continue,
+        };
+        *flag = serde_json::Value::from(renamed);
+    }
 }
 
 /// A namespace the container gets: a new one, or an existing one joined by path.
@@ -1265,6 +1300,62 @@ mod tests {
         validate_sysctl("net.ipv4.ip_forward", &ns).unwrap();
         assert!(validate_sysctl("kernel.panic", &ns).is_err());
         assert!(validate_sysctl("net.ipv4.ip_forward", &CloneFlags::empty()).is_err());
+    }
+
+    #[test]
+    fn scheduler_flags_and_policies() {
+        let spec = parse(
+            br#"{"ociVersion": "1.2.0", "process": {"cwd": "/", "user": {"uid": 0, "gid": 0},
+                "scheduler": {"policy": "SCHED_DEADLINE", "runtime": 10, "deadline": 20,
+                              "period": 30, "flags": ["SCHED_FLAG_RESET_ON_FORK",
+                              "SCHED_FLAG_RECLAIM", "SCHED_FLAG_DL_OVERRUN"]}}}"#,
+        )
+        .unwrap();
+        let s = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .scheduler()
+            .clone()
+            .unwrap();
+        let a = SchedAttr::new(&s).unwrap();
+        assert_eq!((a.policy, a.flags, a.runtime, a.period), (6, 0x07, 10, 30));
+        let p = parse_process(
+            br#"{"cwd": "/", "user": {"uid": 0, "gid": 0},
+                "scheduler": {"policy": "SCHED_BATCH", "flags": ["SCHED_FLAG_RESET_ON_FORK"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            SchedAttr::new(p.scheduler().as_ref().unwrap())
+                .unwrap()
+                .flags,
+            0x01
+        );
+    }
+
+    #[test]
+    fn recursive_mount_attributes() {
+        let m = mount(
+            "/x",
+            "bind",
+            "/s",
+            &["rbind", "rro", "rrw", "rnoexec", "rnoatime"],
+        );
+        let p = MountPlan::parse(&m, Path::new("/b")).unwrap();
+        let a = p.recursive.unwrap();
+        assert_eq!(a.set, MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOATIME);
+        assert_eq!(a.clear, MOUNT_ATTR_RDONLY | MOUNT_ATTR_ATIME_MASK);
+        // A later atime option replaces the earlier one; the whole field is cleared.
+        let m = mount("/x", "bind", "/s", &["rbind", "rnoatime", "rstrictatime"]);
+        let a = MountPlan::parse(&m, Path::new("/b"))
+            .unwrap()
+            .recursive
+            .unwrap();
+        assert_eq!(
+            (a.set, a.clear),
+            (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_ATIME_MASK)
+        );
+        assert_eq!(p.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
     }
 
     #[test]

@@ -450,7 +450,7 @@ fn exec(rt: &Runtime, a: ExecArgs) -> Result<u8> {
         Some(path) => {
             let data = std::fs::read(path)
                 .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-            serde_json::from_slice(&data).map_err(|e| {
+            berth_runtime::spec::parse_process(&data).map_err(|e| {
                 Error::invalid_argument(format!("parse process {}: {e}", path.display()))
             })?
         }
