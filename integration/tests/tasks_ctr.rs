@@ -614,3 +614,109 @@ fn etc_files_are_written_to_the_bundle_and_bind_mounted_from_it() {
     ctr(&d, &ns, &["tasks", "rm", &id]).ok();
     ctr(&d, &ns, &["containers", "rm", &id]).ok();
 }
+
+/// A shim killed with berthd down leaves its container running; a container without its own
+/// pid namespace would keep every process even after its init died. On restart berthd
+/// force-deletes it through the runtime: its processes and cgroup are gone, then its task dir.
+#[test]
+fn a_dead_shims_container_is_force_deleted_on_restart() {
+    let ns = unique("deadshim");
+    let (mut d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    ctr(
+        &d,
+        &ns,
+        &[
+            "containers",
+            "create",
+            "--",
+            &image.name,
+            &id,
+            "sh",
+            "-c",
+            "sleep 1000 & sleep 1001 & wait",
+        ],
+    )
+    .ok();
+    // Without a pid namespace: the processes share the host's.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cgroups_path = rt.block_on(async {
+        let client = d.client(&ns).await;
+        let mut c = client.containers().get(&id).await.unwrap();
+        let spec = c.spec.as_mut().unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&spec.value).unwrap();
+        json["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid");
+        let path = json["linux"]["cgroupsPath"].as_str().unwrap().to_owned();
+        spec.value = serde_json::to_vec(&json).unwrap();
+        client
+            .containers()
+            .update(&c, &["spec".to_owned()])
+            .await
+            .unwrap();
+        path
+    });
+    ctr(&d, &ns, &["tasks", "start", "-d", &id]).ok();
+    wait_status(&d, &ns, &id, "RUNNING");
+    let cgroup =
+        std::path::Path::new("/sys/fs/cgroup/memory").join(cgroups_path.trim_start_matches('/'));
+    let procs = || -> Vec<i32> {
+        std::fs::read_to_string(cgroup.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while procs().len() < 3 {
+        assert!(Instant::now() < deadline, "processes {:?}", procs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids = procs();
+    // Whatever happens, the processes do not outlive the test (the harness finds a task's
+    // processes through its shim, which is killed here).
+    struct Reap(Vec<i32>, std::path::PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                // Only if it is still one of ours (a pid may be reused once it is gone).
+                let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sleep"));
+                if ours {
+                    berth_integration::signal(*pid as u32, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+                for h in hierarchies.flatten() {
+                    let _ = std::fs::remove_dir(h.path().join(&self.1));
+                }
+            }
+        }
+    }
+    let _reap = Reap(pids.clone(), cgroups_path.trim_start_matches('/').into());
+    let dir = d.state().join("tasks").join(&ns).join(&id);
+    let shim: i32 = std::fs::read_to_string(dir.join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    d.kill9();
+    berth_integration::signal(shim as u32, libc::SIGKILL);
+    wait_gone(shim);
+    // The container lives on without its shim.
+    for pid in &pids {
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+    d.restart();
+    for pid in &pids {
+        wait_gone(*pid);
+    }
+    assert!(!cgroup.exists(), "{} is left", cgroup.display());
+    assert!(!dir.exists(), "{} is left", dir.display());
+    assert!(task_status(&d, &ns, &id).is_none());
+    ctr(&d, &ns, &["containers", "rm", &id]).ok();
+}

@@ -79,6 +79,8 @@ pub struct LocalTasks {
     /// Where containers that ask for a log (`io.berth.log`) have it: `<logs>/<ns>/<id>/`.
     logs_dir: Option<PathBuf>,
     shim_binary: PathBuf,
+    /// berth-runc, which cleans up the built-in runtime's containers after a dead shim.
+    runc_binary: PathBuf,
     containers: Arc<dyn ContainerStore>,
     events: Arc<dyn EventPublisher>,
     tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
@@ -123,11 +125,16 @@ impl LocalTasks {
     ) -> Result<Arc<LocalTasks>> {
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+        // berth-runc is installed (or built) next to the shim; else it is looked up in PATH.
+        let runc_binary = Some(shim_binary.with_file_name("berth-runc"))
+            .filter(|p| p.is_absolute() && p.exists())
+            .unwrap_or_else(|| PathBuf::from("berth-runc"));
         Ok(Arc::new_cyclic(|me| LocalTasks {
             me: me.clone(),
             root,
             logs_dir,
             shim_binary,
+            runc_binary,
             containers,
             events,
             tasks: Mutex::new(HashMap::new()),
@@ -315,7 +322,7 @@ impl LocalTasks {
                     }
                     Err(_) => {
                         tracing::warn!(id, "shim is gone: cleaning up its task");
-                        cleanup_dead(&dir);
+                        self.cleanup_dead(&id, &dir).await;
                     }
                 }
             }
@@ -464,6 +471,9 @@ impl LocalTasks {
         let id = req.container_id.as_str();
         std::fs::write(dir.join("config.json"), spec)
             .map_err(|e| Error::io("write config.json", e))?;
+        // Which runtime holds the container, for the clean-up after a dead shim.
+        std::fs::write(dir.join(RUNTIME_BINARY_FILE), binary)
+            .map_err(|e| Error::io(format!("write {RUNTIME_BINARY_FILE}"), e))?;
         if bundle::wants_etc_files(labels) {
             bundle::write_etc_files(dir, spec, Path::new("/etc"))?;
         }
@@ -553,9 +563,55 @@ impl LocalTasks {
     }
 }
 
-/// A task whose shim died with berthd's state left behind: its rootfs is unmounted and the
-/// directory removed (the container's processes died with their pid namespace's init).
-fn cleanup_dead(dir: &Path) {
+impl LocalTasks {
+    /// A task whose shim died with its directory left behind. Its container may live on (the
+    /// shim's death kills nothing; a container without its own pid namespace keeps its
+    /// processes even when its init dies), so it is force-deleted through its OCI runtime
+    /// (berth-runc for the built-in one, which shares its state layout), which kills what is
+    /// left in its cgroup and removes the cgroup; then the rootfs is unmounted and the
+    /// directory removed.
+    async fn cleanup_dead(&self, id: &str, dir: &Path) {
+        let state = dir.join("runtime");
+        if state.join(id).exists() {
+            let recorded = std::fs::read_to_string(dir.join(RUNTIME_BINARY_FILE))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            let binary = if recorded.is_empty() {
+                self.runc_binary.clone()
+            } else {
+                PathBuf::from(recorded)
+            };
+            let out = tokio::process::Command::new(&binary)
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force", id])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await;
+            match out {
+                Ok(o) if o.status.success() => {
+                    tracing::info!(id, "force-deleted the container of a dead shim");
+                }
+                Ok(o) => tracing::warn!(
+                    id,
+                    "{} delete --force: {}: {}",
+                    binary.display(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => tracing::warn!(id, "run {} delete --force: {e}", binary.display()),
+            }
+        }
+        cleanup_dir(dir);
+    }
+}
+
+/// The file in a task's directory naming its external OCI runtime (empty: the built-in one).
+const RUNTIME_BINARY_FILE: &str = "runtime-binary";
+
+/// Unmounts a dead task's rootfs and removes its directory.
+fn cleanup_dir(dir: &Path) {
     let rootfs = dir.join("rootfs");
     let _ = std::process::Command::new("umount")
         .arg("-l")
