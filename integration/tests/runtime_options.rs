@@ -441,3 +441,46 @@ fn features_report_the_new_options() {
     assert_eq!(f["linux"]["mountExtensions"]["idmap"]["enabled"], true);
     assert_eq!(f["linux"]["intelRdt"]["enabled"], true);
 }
+
+#[test]
+fn seccomp_notify_listener_of_an_exec_reaches_the_agent_too() {
+    let rt = berth();
+    let dir = shared_dir();
+    let socket = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let mut b = Bundle::new("notify-exec");
+    b.seccomp(json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": socket,
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+    }));
+    b.probe(&["sleep", "60"]);
+    let agent = std::thread::spawn(move || {
+        // The init's listener first (kept open, it never notifies), then the exec'd process's.
+        let (_init_fd, init_state) = receive_seccomp_listener(&listener).unwrap();
+        let (fd, exec_state) = receive_seccomp_listener(&listener).unwrap();
+        (init_state, exec_state, seccomp_agent(fd))
+    });
+    let id = b.id().to_owned();
+    rt.create(&id, &b).ok();
+    rt.start(&id).ok();
+    let out = rt
+        .exec(&id, &["/probe", "syscall", "mkdir", "/probe-dir"])
+        .ok_json();
+    let (init_state, exec_state, answered) = agent.join().unwrap();
+    assert_eq!(
+        out["errno"], EXDEV,
+        "the agent's answer reaches the exec: {out:#}"
+    );
+    assert_eq!(answered, 1);
+    let init_pid = init_state["pid"].as_i64().unwrap();
+    assert_eq!(exec_state["state"]["id"], id.as_str());
+    assert_eq!(exec_state["state"]["status"], "running");
+    assert_eq!(exec_state["state"]["pid"], init_pid);
+    assert_ne!(
+        exec_state["pid"].as_i64().unwrap(),
+        init_pid,
+        "{exec_state:#}"
+    );
+    rt.kill(&id, "KILL").ok();
+}
