@@ -8,14 +8,14 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::Format;
 use crate::parse;
 
-/// Talk to berthd: namespaces, content, snapshots, images, leases, garbage collection.
+/// Talk to berthd: containers, images, snapshots, content, namespaces, leases, garbage
+/// collection.
 #[derive(Debug, Parser)]
 #[command(name = "berthctl", version, about)]
 pub struct Cli {
-    /// The daemon's socket.
+    /// The daemon's socket. (No `-a`: `ps -a` and `start -a` mean what they mean in docker.)
     #[arg(
         long,
-        short = 'a',
         global = true,
         env = "BERTH_ADDRESS",
         default_value = berth_client::DEFAULT_SOCKET
@@ -113,6 +113,35 @@ pub enum Command {
     /// Print what a container wrote on stdout and stderr (containers berthctl created keep a
     /// log; stderr lines go to stderr).
     Logs(crate::commands::logs::LogsArgs),
+    /// Create a container from an image and run it, attached (exit code: the container's) or
+    /// with -d in the background (prints its id).
+    Run(crate::commands::container::RunArgs),
+    /// Create a container from an image without starting it; prints its id.
+    Create(crate::commands::container::CreateArgs),
+    /// Start created or stopped containers (--attach: follow one and return its exit code).
+    Start(crate::commands::container::StartArgs),
+    /// Run a command in a running container.
+    Exec(crate::commands::container::ExecArgs),
+    /// List running containers (-a: all).
+    Ps(crate::commands::container::PsArgs),
+    /// Stop containers: their stop signal (SIGTERM), then SIGKILL after -t seconds.
+    Stop(crate::commands::container::StopArgs),
+    /// Send a signal to containers (default SIGKILL).
+    Kill(crate::commands::container::KillArgs),
+    /// Remove containers with their task and snapshot (-f: kill running ones first).
+    Rm(crate::commands::container::RmArgs),
+    /// Show containers as JSON: record, spec and task.
+    Inspect(crate::commands::container::IdsArgs),
+    /// Show a container's processes.
+    Top(crate::commands::container::TopArgs),
+    /// Show containers' CPU, memory and pids use, every second (--no-stream: once).
+    Stats(crate::commands::container::StatsArgs),
+    /// Freeze containers' processes.
+    Pause(crate::commands::container::IdsArgs),
+    /// Thaw paused containers.
+    Unpause(crate::commands::container::IdsArgs),
+    /// Wait for containers to exit and print their exit codes.
+    Wait(crate::commands::container::IdsArgs),
 }
 
 /// `berthctl tag SOURCE TARGET...`.

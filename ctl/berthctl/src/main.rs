@@ -21,6 +21,9 @@ pub enum Failure {
     Error(Error),
     /// Errors were already printed (commands over several targets report each as it happens).
     Reported,
+    /// Exit with this status and print nothing: the container's own exit code (`run`, `exec`,
+    /// `start --attach`).
+    Exit(u8),
 }
 
 impl From<Error> for Failure {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Exit(code)) => ExitCode::from(code),
         Err(Failure::Error(e)) => {
             report(&e);
             ExitCode::FAILURE

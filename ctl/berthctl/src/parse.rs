@@ -1,4 +1,4 @@
-//! Parsers for command-line values: labels and durations.
+//! Parsers for command-line values: labels, durations and sizes.
 
 use std::time::Duration;
 
@@ -55,6 +55,31 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| bad("out of range"))
 }
 
+/// Parses a size in bytes as docker does: a number with an optional unit `b`, `k`, `m`, `g`
+/// (powers of 1024, any case, optionally followed by `b`: `64m`, `1GB`, `512k`).
+pub fn size(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {s:?} (e.g. 64m, 1g, 512k)");
+    let lower = s.trim().to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * scale as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +95,18 @@ mod tests {
         );
         assert!(label("a").is_err());
         assert!(label("=b").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("64m").unwrap(), 64 << 20);
+        assert_eq!(size("1GB").unwrap(), 1 << 30);
+        assert_eq!(size("512k").unwrap(), 512 << 10);
+        assert_eq!(size("100").unwrap(), 100);
+        assert_eq!(size("1.5k").unwrap(), 1536);
+        for bad in ["", "m", "1x", "-1m", "0"] {
+            assert!(size(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

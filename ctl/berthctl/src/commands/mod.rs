@@ -1,12 +1,14 @@
 //! Runs a parsed command against the daemon.
 
 pub(crate) mod archive;
+mod attach;
+pub(crate) mod container;
 mod content;
 mod events;
 mod image;
 mod lease;
-pub(crate) mod logs;
 pub(crate) mod login;
+pub(crate) mod logs;
 mod namespace;
 pub(crate) mod pull;
 pub(crate) mod push;
@@ -82,6 +84,20 @@ pub async fn run(cli: Cli) -> CmdResult {
         Command::Import(args) => archive::import(&ctx, args).await,
         Command::Export(args) => archive::export(&ctx, args).await,
         Command::Events { filters } => events::run(&ctx, filters).await,
+        Command::Run(args) => container::run(&ctx, args).await,
+        Command::Create(args) => container::create(&ctx, args).await,
+        Command::Start(args) => container::start(&ctx, args).await,
+        Command::Exec(args) => container::exec(&ctx, args).await,
+        Command::Ps(args) => container::ps(&ctx, args).await,
+        Command::Stop(args) => container::stop(&ctx, args).await,
+        Command::Kill(args) => container::kill(&ctx, args).await,
+        Command::Rm(args) => container::rm(&ctx, args).await,
+        Command::Inspect(args) => container::inspect(&ctx, args).await,
+        Command::Top(args) => container::top(&ctx, args).await,
+        Command::Stats(args) => container::stats(&ctx, args).await,
+        Command::Pause(args) => container::pause(&ctx, args).await,
+        Command::Unpause(args) => container::unpause(&ctx, args).await,
+        Command::Wait(args) => container::wait(&ctx, args).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
     }
 }
