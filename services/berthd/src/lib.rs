@@ -92,7 +92,10 @@ impl Daemon {
             published.clone(),
             Arc::new(berth_logs::TaskLiveness(tasks.clone())),
         ));
-        let containers = Arc::new(berth_logs::RemovesLogs::new(published.clone(), logs.clone()));
+        let containers = Arc::new(berth_logs::RemovesLogs::new(
+            published.clone(),
+            logs.clone(),
+        ));
         let services = Services {
             applier: differ.clone(),
             comparer: differ,

@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::CmdResult;
 use crate::output::{Format, rfc3339};
 
-/// `berthctl logs [-f] [--since T] [--until T] [-n N] [-t] CONTAINER`.
+/// `berthctl logs [-f] [--since T] [--until T] [--tail N] [-t] CONTAINER`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogsArgs {
     /// The container.
@@ -25,8 +25,8 @@ pub struct LogsArgs {
     /// Only output written before this time (same forms as --since).
     #[arg(long, value_parser = time_arg)]
     pub until: Option<SystemTime>,
-    /// Only the last N lines ("all" for every line).
-    #[arg(short = 'n', long, default_value = "all", value_parser = tail_arg)]
+    /// Only the last N lines ("all" for every line). No `-n`: that is the namespace.
+    #[arg(long, default_value = "all", value_parser = tail_arg)]
     pub tail: Tail,
     /// Prefix each line with the time it was written.
     #[arg(short = 't', long)]
@@ -69,7 +69,8 @@ fn time_at(s: &str, now: SystemTime) -> Result<SystemTime, String> {
     match crate::parse::duration(s) {
         Ok(ago) => now
             .checked_sub(ago)
-            .ok_or_else(|| format!("{s:?} reaches before 1970")),
+            .filter(|t| *t >= UNIX_EPOCH)
+            .ok_or_else(|| format!("{s:?} ago is before 1970")),
         Err(_) => Err(format!(
             "invalid time {s:?}: RFC 3339 (2026-11-23T10:00:00Z), Unix seconds, or a \
              duration before now (10m, 1h30m)"
@@ -164,6 +165,22 @@ mod tests {
         );
         assert!(time_at("yesterday", now).unwrap_err().contains("RFC 3339"));
         assert!(time_at("100000h", now).is_err());
+    }
+
+    #[test]
+    fn command_line() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([
+            "berthctl", "-n", "ns1", "logs", "-f", "-t", "--tail", "2", "--since", "5m", "web",
+        ])
+        .unwrap();
+        assert_eq!(cli.namespace, "ns1");
+        let crate::cli::Command::Logs(args) = cli.command else {
+            panic!("not logs: {:?}", cli.command);
+        };
+        assert_eq!(args.container, "web");
+        assert!(args.follow && args.timestamps && args.since.is_some() && args.until.is_none());
+        assert_eq!(args.tail, Tail::Last(2));
     }
 
     #[test]
