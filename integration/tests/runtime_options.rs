@@ -100,6 +100,8 @@ fn rro_makes_submounts_of_a_recursive_bind_read_only() {
 
 #[test]
 fn idmap_mount_shows_files_as_the_containers_own_ids() {
+    // /tmp is on this machine's root filesystem, ext4, which supports id-mapped mounts (as do
+    // tmpfs and overlayfs on this kernel).
     let src = shared_dir();
     std::fs::write(src.path().join("root-owned"), "r").unwrap();
     std::fs::write(src.path().join("user-owned"), "u").unwrap();
@@ -151,6 +153,22 @@ fn idmap_mount_with_its_own_mappings() {
         "{:#}",
         out[0]
     );
+}
+
+#[test]
+fn idmap_on_a_filesystem_without_support_fails_naming_the_step() {
+    // sysfs has no id-mapped mount support: the parent's mount_setattr says EINVAL.
+    let rt = berth();
+    let mut b = Bundle::new("idmap-sysfs");
+    b.user_namespace(100_000, 65_536);
+    std::fs::create_dir(b.rootfs().join("kernel")).unwrap();
+    b.bind_mount(Path::new("/sys/kernel"), "/kernel", &["bind", "idmap"]);
+    let err = rt.run(b.id(), &b).fails().to_owned();
+    assert!(
+        err.contains("id-map the tree of /sys/kernel") && err.contains("EINVAL"),
+        "{err}"
+    );
+    assert!(!rt.try_state(b.id()).success(), "no container is left");
 }
 
 fn host_clocks() -> (i64, i64) {
