@@ -592,7 +592,7 @@ def interleave(m, kinds, warmup, runs):
                 value = fn(i)
             except CmdFailed as e:
                 log(f"{m.key}: {label} failed: {e}")
-                m.fail(label, f"failed: {e.detail[-160:]}")
+                m.fail(label, f"failed: {e.detail[:200]}")
                 continue
             if i >= warmup:
                 m.add(label, value)
@@ -753,7 +753,7 @@ class Suite:
                             f"{shim} RSS, {cfg.mem_many} running",
                             f"{label} RSS, {cfg.mem_n} running",
                             f"{label} RSS, {cfg.mem_many} running"):
-                    m.fail(key, f"failed: {e.detail[-160:]}")
+                    m.fail(key, f"failed: {e.detail[:200]}")
             finally:
                 d.remove_all()
 
@@ -808,7 +808,7 @@ class Suite:
                         failed.add(label)
                         for what in ("start one by one", f"start {cfg.parallel} at a time",
                                      "stop+rm"):
-                            m.fail(f"{label} {what}", f"failed: {e.detail[-160:]}")
+                            m.fail(f"{label} {what}", f"failed: {e.detail[:200]}")
                         d.remove_all()
                         break
 
@@ -934,7 +934,7 @@ class Suite:
             try:
                 kinds.append((label, make()))
             except CmdFailed as e:
-                m.fail(label, f"failed: {e.detail[-160:]}")
+                m.fail(label, f"failed: {e.detail[:200]}")
         interleave(m, kinds, cfg.warmup, cfg.runs)
 
     # -- driver --
