@@ -114,3 +114,373 @@ fn run_prints_output_and_returns_the_exit_code() {
     assert_eq!(out.output.status.code(), Some(4), "{}", out.stderr());
     assert_eq!(out.stdout(), "from stdin\n");
 }
+
+#[test]
+fn flags_shape_the_process() {
+    let e = Env::new("flags");
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("env");
+    std::fs::write(&env_file, "# a comment\nFROM_FILE=file value\nBOTH=file\n").unwrap();
+    let out = e.sh(
+        &[
+            "-e",
+            "ONE=1",
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "-e",
+            "BOTH=flag",
+        ],
+        "echo $ONE/$FROM_FILE/$BOTH/$PATH",
+    );
+    assert_eq!(
+        out,
+        "1/file value/flag/\
+         /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    );
+    assert_eq!(e.sh(&["-w", "/tmp"], "pwd"), "/tmp\n");
+    assert_eq!(e.sh(&[], "pwd"), "/\n");
+    assert_eq!(e.sh(&["-u", "1000:1001"], "id -u; id -g"), "1000\n1001\n");
+    // A name is looked up in the image's /etc/passwd.
+    assert_eq!(e.sh(&["-u", "nobody"], "id -u; id -g"), "65534\n65534\n");
+    let err = e.run(&["-u", "nosuchuser"], &["true"]).fails();
+    assert!(err.contains("unable to find user nosuchuser"), "{err}");
+    let out = e
+        .run(&["--entrypoint", "/bin/echo"], &["via", "entrypoint"])
+        .ok();
+    assert_eq!(out, "via entrypoint\n");
+    // --read-only: the rootfs and the etc files cannot be written; /dev/shm still can.
+    let out = e.run(
+        &["--read-only"],
+        &[
+            "sh",
+            "-c",
+            "echo x > /newfile || echo rootfs ro; echo x >> /etc/hosts || echo hosts ro; \
+             echo x > /dev/shm/ok && echo shm rw",
+        ],
+    );
+    let text = out.ok();
+    assert!(text.contains("rootfs ro"), "{text}");
+    assert!(text.contains("hosts ro"), "{text}");
+    assert!(text.contains("shm rw"), "{text}");
+    let text = e.sh(&[], "echo x > /newfile && echo rootfs rw");
+    assert_eq!(text, "rootfs rw\n");
+}
+
+#[test]
+fn hostname_and_etc_files() {
+    let e = Env::new("etc");
+    let name = unique("abcdefghijklmnop");
+    let out = e.sh(
+        &["--name", &name],
+        "busybox hostname; cat /etc/hostname; echo --; cat /etc/hosts; echo --; \
+         cat /etc/resolv.conf",
+    );
+    let short: String = name.chars().take(12).collect();
+    let mut parts = out.split("--\n");
+    let host = parts.next().unwrap();
+    assert_eq!(host, format!("{short}\n{short}\n"));
+    let hosts = parts.next().unwrap();
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
+    assert!(hosts.contains(&format!("\t{short}")), "{hosts}");
+    let resolv = parts.next().unwrap();
+    assert!(resolv.contains("nameserver"), "{resolv}");
+    assert_eq!(e.sh(&["--hostname", "box"], "busybox hostname"), "box\n");
+    // --network none (the default): only loopback; host: the host's interfaces.
+    let own = e.sh(&[], "ls /sys/class/net");
+    assert_eq!(own, "lo\n");
+    let host_net = e.sh(&["--network", "host"], "ls /sys/class/net");
+    assert!(host_net.lines().count() > 1, "{host_net}");
+}
+
+/// The `CapEff` mask of Docker's default capability set.
+const DOCKER_CAPS: u64 = 0xa80425fb;
+const CAP_NET_RAW: u64 = 1 << 13;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+fn cap_eff(status: &str) -> u64 {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} missing in {status}"))
+        .trim()
+}
+
+#[test]
+fn the_default_spec_is_dockers() {
+    let e = Env::new("spec");
+    let status = e.sh(&[], "cat /proc/self/status");
+    assert_eq!(cap_eff(&status), DOCKER_CAPS, "{status}");
+    assert_eq!(field(&status, "Seccomp:"), "2");
+    let status = e.sh(
+        &["--cap-drop", "NET_RAW", "--cap-add", "sys_admin"],
+        "cat /proc/self/status",
+    );
+    assert_eq!(
+        cap_eff(&status),
+        (DOCKER_CAPS & !CAP_NET_RAW) | CAP_SYS_ADMIN
+    );
+    let status = e.sh(&["--cap-drop", "ALL"], "cat /proc/self/status");
+    assert_eq!(cap_eff(&status), 0);
+    // The seccomp profile denies what Docker's denies: unshare without CAP_SYS_ADMIN.
+    let out = e.run(&[], &["busybox", "unshare", "-U", "true"]);
+    assert!(!out.output.status.success(), "unshare was allowed");
+    // Masked paths read as empty, read-only ones cannot be written.
+    let out = e.sh(
+        &[],
+        "busybox wc -c < /proc/interrupts; ls /sys/firmware | busybox wc -l; \
+         echo 1 > /proc/sysrq-trigger || echo sysrq ro; \
+         busybox grep -c ' /proc/sys ro,' /proc/self/mountinfo",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "0", "{out}");
+    assert_eq!(lines[1].trim(), "0", "{out}");
+    assert!(out.contains("sysrq ro"), "{out}");
+    assert_eq!(lines.last().unwrap().trim(), "1", "{out}");
+    // Privileged: no seccomp, no masks.
+    let status = e.sh(&["--privileged"], "cat /proc/self/status");
+    assert_eq!(field(&status, "Seccomp:"), "0");
+    assert_ne!(cap_eff(&status) & CAP_SYS_ADMIN, 0);
+}
+
+#[test]
+fn resource_limits_are_in_the_containers_cgroup() {
+    let e = Env::new("limits");
+    let out = e.sh(
+        &["--memory", "64m", "--pids-limit", "20", "--cpus", "0.5"],
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; cat /sys/fs/cgroup/pids/pids.max; \
+         cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    );
+    assert_eq!(out, format!("{}\n20\n50000\n", 64 << 20));
+}
+
+impl Env {
+    /// Container ids `ps` lists (with `-a`: all of them).
+    fn ps(&self, all: bool) -> Vec<String> {
+        let args: &[&str] = if all {
+            &["ps", "-a", "-q"]
+        } else {
+            &["ps", "-q"]
+        };
+        self.ctl(args).ok().lines().map(str::to_owned).collect()
+    }
+
+    /// Whether the container's snapshot, record or task directory is still there.
+    fn leftovers(&self, id: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        if self.ps(true).contains(&id.to_owned()) {
+            left.push("container".to_owned());
+        }
+        let snaps = self.ctl(&["snapshot", "ls"]).ok();
+        if snaps
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id))
+        {
+            left.push(format!("snapshot:\n{snaps}"));
+        }
+        let dir = self.d.state().join("tasks").join(&self.ns).join(id);
+        if dir.exists() {
+            left.push(format!("task dir {}", dir.display()));
+        }
+        left
+    }
+}
+
+#[test]
+fn a_detached_container_through_its_whole_life() {
+    let e = Env::new("life");
+    let id = unique("web");
+    let out = e
+        .ctl(&["run", "-d", "--name", &id, &e.image, "sleep", "1000"])
+        .ok();
+    assert_eq!(out, format!("{id}\n"));
+    e.wait_state(&id, "running");
+    assert_eq!(e.ps(false), vec![id.clone()]);
+    let table = e.ctl(&["ps"]).ok();
+    assert!(table.starts_with("CONTAINER ID"), "{table}");
+    assert!(
+        table.contains("\"sleep 1000\"") && table.contains(" Up"),
+        "{table}"
+    );
+    let rows: Value = serde_json::from_str(&e.ctl(&["--format", "json", "ps"]).ok()).unwrap();
+    assert_eq!(rows[0]["id"], id.as_str());
+    assert_eq!(rows[0]["state"], "running");
+
+    // exec: output, exit code, -e, -w, -u; the init is pid 1.
+    let out = e.ctl(&[
+        "exec",
+        "-e",
+        "X=y",
+        "-w",
+        "/tmp",
+        "-u",
+        "65534",
+        &id,
+        "sh",
+        "-c",
+        "echo $X $(pwd) $(id -u) $(cat /proc/1/cmdline | busybox tr '\\0' ' '); exit 5",
+    ]);
+    assert_eq!(out.output.status.code(), Some(5), "{}", out.stderr());
+    assert_eq!(out.stdout(), "y /tmp 65534 sleep 1000\n");
+    let out = e.ctl_stdin(&["exec", "-i", &id, "cat"], b"piped in\n");
+    assert_eq!(out.ok(), "piped in\n");
+
+    // top and stats.
+    let top = e.ctl(&["top", &id]).ok();
+    assert!(top.starts_with("UID"), "{top}");
+    assert!(top.contains("sleep 1000"), "{top}");
+    let procs: Value =
+        serde_json::from_str(&e.ctl(&["--format", "json", "top", &id]).ok()).unwrap();
+    assert_eq!(procs.as_array().unwrap().len(), 1, "{procs}");
+    let stats: Value = serde_json::from_str(
+        &e.ctl(&["--format", "json", "stats", "--no-stream", &id])
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(stats[0]["id"], id.as_str());
+    assert!(stats[0]["memory_usage"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats[0]["pids"], 1);
+    let table = e.ctl(&["stats", "--no-stream"]).ok();
+    assert!(
+        table.contains("MEM USAGE / LIMIT") && table.contains(&id),
+        "{table}"
+    );
+
+    // pause / unpause.
+    e.ctl(&["pause", &id]).ok();
+    e.wait_state(&id, "paused");
+    assert!(e.ctl(&["ps"]).ok().contains("Paused"));
+    e.ctl(&["unpause", &id]).ok();
+    e.wait_state(&id, "running");
+
+    // stop: sleep as pid 1 ignores SIGTERM, so SIGKILL follows after -t.
+    e.ctl(&["stop", "-t", "1", &id]).ok();
+    assert_eq!(e.state(&id), "exited");
+    assert_eq!(e.ctl(&["wait", &id]).ok(), "137\n");
+    let info = e.inspect(&id);
+    assert_eq!(info["task"]["exitCode"], 137);
+    assert_eq!(info["image"], e.image.as_str());
+    assert_eq!(info["labels"]["io.berth.log"], "json-file");
+    assert_eq!(info["spec"]["process"]["args"][0], "sleep");
+    assert!(e.ps(false).is_empty());
+    assert_eq!(e.ps(true), vec![id.clone()]);
+
+    // start again, then kill with a chosen signal.
+    e.ctl(&["start", &id]).ok();
+    e.wait_state(&id, "running");
+    e.ctl(&["kill", "-s", "USR1", &id]).ok();
+    // pid 1 has no handler for SIGUSR1, so the kernel ignores it: still running.
+    assert_eq!(e.state(&id), "running");
+    e.ctl(&["kill", &id]).ok();
+    assert_eq!(e.ctl(&["wait", &id]).ok(), "137\n");
+    e.ctl(&["rm", &id]).ok();
+    assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
+    let err = e.ctl(&["inspect", &id]).fails();
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn rm_refuses_a_running_container_and_rm_f_removes_it() {
+    let e = Env::new("rmf");
+    let id = unique("c");
+    e.ctl(&["run", "-d", "--name", &id, &e.image, "sleep", "1000"])
+        .ok();
+    e.wait_state(&id, "running");
+    let err = e.ctl(&["rm", &id]).fails();
+    assert!(err.contains("is running") && err.contains("rm -f"), "{err}");
+    assert_eq!(e.state(&id), "running");
+    e.ctl(&["rm", "-f", &id]).ok();
+    assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
+}
+
+#[test]
+fn run_rm_leaves_nothing_and_detached_rm_is_refused() {
+    let e = Env::new("rm");
+    let id = unique("gone");
+    e.run(&["--name", &id], &["true"]).ok();
+    assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
+    // Also when the command fails, and when it cannot start at all.
+    let out = e.run(&["--name", &id], &["sh", "-c", "exit 1"]);
+    assert_eq!(out.output.status.code(), Some(1));
+    assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
+    let out = e.run(&["--name", &id], &["/no/such/binary"]);
+    assert!(!out.output.status.success());
+    assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
+
+    let err = e
+        .ctl(&["run", "-d", "--rm", &e.image, "sleep", "1"])
+        .fails();
+    assert!(err.contains("--rm with -d"), "{err}");
+    assert!(e.ps(true).is_empty(), "nothing was created");
+}
+
+#[test]
+fn create_then_start_attached() {
+    let e = Env::new("create");
+    let id = unique("c");
+    let out = e
+        .ctl(&[
+            "create",
+            "--name",
+            &id,
+            &e.image,
+            "sh",
+            "-c",
+            "echo hi; exit 2",
+        ])
+        .ok();
+    assert_eq!(out, format!("{id}\n"));
+    assert_eq!(e.state(&id), "none");
+    assert_eq!(e.ps(true), vec![id.clone()]);
+    let table = e.ctl(&["ps", "-a"]).ok();
+    assert!(table.contains("Created"), "{table}");
+    let out = e.ctl(&["start", "-a", &id]);
+    assert_eq!(out.output.status.code(), Some(2), "{}", out.stderr());
+    assert_eq!(out.stdout(), "hi\n");
+    // A second start runs it again.
+    let out = e.ctl(&["start", "-a", &id]);
+    assert_eq!(out.output.status.code(), Some(2));
+    e.ctl(&["rm", &id]).ok();
+    assert!(e.leftovers(&id).is_empty());
+}
+
+#[test]
+fn signals_to_an_attached_run_reach_the_container() {
+    use std::io::{BufRead as _, BufReader};
+    let e = Env::new("sig");
+    let mut child = std::process::Command::new(berth_integration::bin("berthctl"))
+        .args(["--address", e.d.socket().to_str().unwrap(), "-n", &e.ns])
+        .args(["run", "--rm", &e.image, "sh", "-c"])
+        .arg("trap 'echo got TERM; exit 9' TERM; echo ready; while true; do sleep 0.1; done")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    berth_integration::signal(child.id(), libc::SIGTERM);
+    assert_eq!(lines.next().unwrap().unwrap(), "got TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(9));
+    assert!(e.ps(true).is_empty());
+}
+
+/// SIGKILLs a process when a test ends early.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid we started; a stale pid only gets ESRCH.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}

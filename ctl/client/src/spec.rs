@@ -181,6 +181,10 @@ pub struct SpecOptions {
     pub cap_drop: Vec<String>,
     /// Every capability, no seccomp, no masked paths, writable /sys, every device allowed.
     pub privileged: bool,
+    /// The capabilities the host can grant, as a mask of capability numbers (e.g. the caller's
+    /// `CapBnd`): `--privileged` and `--cap-add ALL` grant those rather than fail where root
+    /// itself lacks some. None: every capability.
+    pub host_capabilities: Option<u64>,
     /// Allocate a pty.
     pub tty: bool,
     /// The network.
@@ -333,8 +337,19 @@ pub fn seccomp_profile(caps: &[String]) -> Result<Value> {
 /// The capability set after `--privileged`, `--cap-add` and `--cap-drop` (drops first, then
 /// adds, as Docker applies them when both name the same capability... except `ALL`).
 pub fn capabilities(opts: &SpecOptions) -> Result<Vec<String>> {
+    let all = || -> Vec<String> {
+        ALL_CAPABILITIES
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| {
+                opts.host_capabilities
+                    .is_none_or(|mask| mask & (1u64 << n) != 0)
+            })
+            .map(|(_, c)| (*c).to_owned())
+            .collect()
+    };
     if opts.privileged {
-        return Ok(ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect());
+        return Ok(all());
     }
     let is_all = |c: &String| c.eq_ignore_ascii_case("ALL");
     let mut caps: Vec<String> = if opts.cap_drop.iter().any(is_all) {
@@ -351,7 +366,7 @@ pub fn capabilities(opts: &SpecOptions) -> Result<Vec<String>> {
             .collect()
     };
     if opts.cap_add.iter().any(is_all) {
-        return Ok(ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect());
+        return Ok(all());
     }
     for add in &opts.cap_add {
         let add = capability(add)?;
@@ -858,6 +873,11 @@ mod tests {
         );
         assert!(spec["linux"].get("seccomp").is_none());
         assert!(spec["linux"].get("maskedPaths").is_none());
+        // Where the host lacks a capability (CAP_SYS_RESOURCE, 24), it is not asked for.
+        p.host_capabilities = Some(!(1u64 << 24));
+        let caps = capabilities(&p).unwrap();
+        assert_eq!(caps.len(), 40);
+        assert!(!caps.contains(&"CAP_SYS_RESOURCE".to_owned()));
     }
 
     #[test]

@@ -256,6 +256,14 @@ pub struct TopArgs {
     pub id: String,
 }
 
+/// This process's capability bounding set: berthctl runs on berthd's host, so it is what
+/// `--privileged` can grant there.
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 /// A random 12-hex-digit container id.
 fn random_id() -> String {
     let bytes: [u8; 6] = rand::random();
@@ -428,6 +436,7 @@ async fn create_container(ctx: &Ctx, client: &Client, args: &CreateArgs) -> Resu
                 cap_add: args.cap_add.clone(),
                 cap_drop: args.cap_drop.clone(),
                 privileged: args.privileged,
+                host_capabilities: own_bounding_set(),
                 tty: args.tty,
                 network: match args.network {
                     NetworkMode::None => Network::None,
@@ -549,6 +558,13 @@ async fn start_attached(
 ) -> Result<u32> {
     use tokio::signal::unix::{SignalKind, signal};
     let raw = if tty { RawTerminal::enter() } else { None };
+    // Before Start: once the container runs, whoever sees its output may signal berthctl.
+    let mut signals = proxied_signals(tty);
+    let mut winch = if tty {
+        signal(SignalKind::window_change()).ok()
+    } else {
+        None
+    };
     let waiter = {
         let client = client.clone();
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
@@ -564,12 +580,6 @@ async fn start_attached(
     if tty && let Some((w, h)) = terminal_size() {
         let _ = client.tasks().resize_pty(id, exec_id, w, h).await;
     }
-    let mut winch = if tty {
-        signal(SignalKind::window_change()).ok()
-    } else {
-        None
-    };
-    let mut signals = proxied_signals(tty);
     let mut stdin_done = attached.stdin_done.take();
     let mut waiter = waiter;
     let exit = loop {
