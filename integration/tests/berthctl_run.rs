@@ -484,3 +484,158 @@ impl Drop for KillOnDrop {
         unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
 }
+
+/// A pty pair whose slave becomes the controlling terminal of a berthctl, which the test drives
+/// through the master like a person at a terminal.
+struct Pty {
+    master: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    /// Spawns berthctl `args` on a new pty of `rows`×`cols`.
+    fn spawn(args: &[&str], rows: u16, cols: u16) -> (Self, std::process::Child) {
+        use std::os::fd::FromRawFd as _;
+        use std::os::unix::process::CommandExt as _;
+        let (mut master, mut slave) = (0, 0);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two descriptors into our ints; the name and termios are unused.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors are fresh from openpty and owned here alone.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        let mut cmd = std::process::Command::new(berth_integration::bin("berthctl"));
+        cmd.args(args)
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+        // controlling terminal is the pty on stdin, so window changes signal berthctl.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(slave);
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut buf = [0u8; 4096];
+            // EIO once berthctl (the last holder of the slave) has exited.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        (Self { master, output }, child)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write as _;
+        self.master.write_all(line.as_bytes()).unwrap();
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd as _;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize we own; the kernel then sends SIGWINCH to the
+        // terminal's foreground process group (berthctl).
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits until the output contains `want`, typing `nudge` (if any) now and then.
+    fn expect(&mut self, want: &str, nudge: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last_nudge = Instant::now();
+        while !self.text().contains(want) {
+            assert!(
+                Instant::now() < deadline,
+                "no {want:?} on the terminal; it shows:\n{}",
+                self.text()
+            );
+            if let Some(n) = nudge
+                && last_nudge.elapsed() > Duration::from_millis(300)
+            {
+                self.type_line(n);
+                last_nudge = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn run_with_a_tty_is_interactive_and_follows_resizes() {
+    let e = Env::new("tty");
+    let id = unique("t");
+    let sock = e.d.socket();
+    let (mut pty, mut child) = Pty::spawn(
+        &[
+            "--address",
+            sock.to_str().unwrap(),
+            "-n",
+            &e.ns,
+            "run",
+            "-it",
+            "--rm",
+            "--name",
+            &id,
+            &e.image,
+            "sh",
+        ],
+        40,
+        120,
+    );
+    let _guard = KillOnDrop(child.id());
+    // busybox sh's prompt for root, on the container's own pty.
+    pty.expect("# ", None);
+    pty.type_line("tty; echo $((6*7)) $TERM\r");
+    // The line comes back twice: the pty echoes what is typed, then the shell's output.
+    pty.expect("tty; echo $((6*7)) $TERM", None);
+    pty.expect("42 xterm", None);
+    pty.expect("/dev/pts/0", None);
+    pty.type_line("busybox stty size\r");
+    pty.expect("40 120", None);
+    pty.resize(50, 100);
+    pty.expect("50 100", Some("busybox stty size\r"));
+    pty.type_line("exit 6\r");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(6), "{}", pty.text());
+    assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
+}
