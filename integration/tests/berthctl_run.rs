@@ -639,3 +639,69 @@ fn run_with_a_tty_is_interactive_and_follows_resizes() {
     assert_eq!(status.code(), Some(6), "{}", pty.text());
     assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
 }
+
+#[test]
+fn run_pulls_missing_images_with_progress_and_obeys_pull_never() {
+    let registry = berth_integration::registry::Registry::start();
+    let image = TestImage::one_layer();
+    let reference = image.push(&registry, "berth/run", "v1");
+    let d = Daemon::start();
+    let err = d
+        .berthctl(&["run", "--rm", "--pull", "never", &reference, "true"])
+        .fails();
+    assert!(err.contains("--pull never"), "{err}");
+    let out = d.berthctl(&["run", "--rm", &reference, "echo", "pulled"]);
+    assert_eq!(out.ok(), "pulled\n");
+    let progress = out.stderr();
+    let short = &image.layers()[0].descriptor.digest.hex()[..12];
+    assert!(progress.contains(&format!("{short}: ")), "{progress}");
+    // Present now: no pull, no progress.
+    let out = d.berthctl(&["run", "--rm", "--pull", "never", &reference, "true"]);
+    out.ok();
+    assert_eq!(out.stderr(), "");
+}
+
+#[test]
+fn run_with_an_external_runtime_binary() {
+    let e = Env::new("runc");
+    let id = unique("r");
+    e.ctl(&[
+        "run",
+        "-d",
+        "--runtime",
+        "/usr/sbin/runc",
+        "--name",
+        &id,
+        &e.image,
+        "sleep",
+        "1000",
+    ])
+    .ok();
+    e.wait_state(&id, "running");
+    let info = e.inspect(&id);
+    assert_eq!(info["runtime"]["options"], "containerd.runc.v1.Options");
+    // runc itself knows the container: its state is in the task's runtime root.
+    let root =
+        e.d.state()
+            .join("tasks")
+            .join(&e.ns)
+            .join(&id)
+            .join("runtime");
+    let list = CmdOutput::run_public(
+        std::process::Command::new("/usr/sbin/runc")
+            .arg("--root")
+            .arg(&root)
+            .arg("list"),
+    )
+    .ok();
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_default();
+    assert!(line.contains("running"), "{list}");
+    let status = e.ctl(&["exec", &id, "cat", "/proc/self/status"]).ok();
+    assert_eq!(cap_eff(&status), DOCKER_CAPS);
+    assert_eq!(field(&status, "Seccomp:"), "2");
+    e.ctl(&["rm", "-f", &id]).ok();
+    assert!(e.leftovers(&id).is_empty());
+}
