@@ -2,6 +2,10 @@
 //! v1 hierarchies under /sys/fs/cgroup plus a cgroup2 mount at /sys/fs/cgroup/unified, which the
 //! v2 backend is pointed at explicitly. Every test uses its own cgroup under /berth-test (v1) or
 //! /berth-test-v2 (unified) and removes it, with its processes, even when it fails.
+//!
+//! The v2 controllers this host lacks (memory, cpu, cpuset, io, pids) are checked against a
+//! stand-in tree in a temporary directory instead: what is written where, not what the kernel
+//! enforces (see the `v2_apply_writes_every_resource` section).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -837,4 +841,699 @@ fn v2_device_filter_is_an_ebpf_program() {
     assert!(stdout.contains("zero-ok"), "{stdout} {stderr}");
     assert!(!status.success());
     assert!(stderr.contains("not permitted"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The v2 backend against a stand-in tree.
+//
+// This host's cgroup2 mount has no controllers but hugetlb, so the v2 memory, cpu, cpuset, io
+// and pids paths cannot run against the kernel here. These tests point the v2 backend at a
+// temporary directory laid out like a cgroup2 mount instead. What they check is the conversion
+// and the file protocol: which file each spec field goes to, the exact value written (cgroup
+// writes are opened O_APPEND, so a plain file keeps every write in order), which controllers are
+// enabled where, which settings are refused and how the kernel's stat files are read back. They
+// do not check the kernel's enforcement or its acceptance of the values; that needs a v2 host
+// (`v2_lifecycle_on_the_unified_mount` covers the controller-less part for real).
+// ---------------------------------------------------------------------------------------------
+
+/// What a cgroup2 root offers on a typical v2 host, in the kernel's order.
+const V2_CONTROLLERS: &str = "cpuset cpu io memory hugetlb pids";
+
+/// The files the kernel creates in a non-root cgroup whose parent enabled all of
+/// [`V2_CONTROLLERS`], with what a fresh cgroup reads (Documentation/admin-guide/cgroup-v2.rst).
+/// A plain directory has none of them, so the stand-in makes them.
+const V2_LEAF_FILES: &[(&str, &str)] = &[
+    ("cgroup.procs", ""),
+    ("cgroup.events", "populated 0\nfrozen 0\n"),
+    ("cgroup.freeze", "0\n"),
+    ("cgroup.subtree_control", ""),
+    ("cgroup.type", "domain\n"),
+    ("cpu.weight", "100\n"),
+    ("cpu.max", "max 100000\n"),
+    ("cpu.max.burst", "0\n"),
+    ("cpu.idle", "0\n"),
+    (
+        "cpu.stat",
+        "usage_usec 0\nuser_usec 0\nsystem_usec 0\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n",
+    ),
+    ("cpuset.cpus", "\n"),
+    ("cpuset.mems", "\n"),
+    ("io.weight", "default 100\n"),
+    ("io.max", ""),
+    ("io.stat", ""),
+    ("memory.current", "0\n"),
+    ("memory.peak", "0\n"),
+    ("memory.min", "0\n"),
+    ("memory.low", "0\n"),
+    ("memory.high", "max\n"),
+    ("memory.max", "max\n"),
+    (
+        "memory.events",
+        "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+    ),
+    ("memory.stat", "anon 0\nfile 0\nkernel 0\nsock 0\n"),
+    ("memory.swap.current", "0\n"),
+    ("memory.swap.max", "max\n"),
+    ("memory.swap.events", "high 0\nmax 0\nfail 0\n"),
+    ("pids.current", "0\n"),
+    ("pids.max", "max\n"),
+    ("hugetlb.2MB.current", "0\n"),
+    ("hugetlb.2MB.max", "max\n"),
+    ("hugetlb.2MB.rsvd.max", "max\n"),
+    ("hugetlb.2MB.events", "max 0\n"),
+    ("hugetlb.1GB.current", "0\n"),
+    ("hugetlb.1GB.max", "max\n"),
+    ("hugetlb.1GB.rsvd.max", "max\n"),
+    ("hugetlb.1GB.events", "max 0\n"),
+    ("rdma.max", ""),
+];
+
+/// A temporary directory laid out like a cgroup2 mount; removed on drop.
+struct StandIn {
+    root: tempfile::TempDir,
+    /// What each file held when the stand-in made it, to tell the runtime's writes apart.
+    initial: HashMap<PathBuf, String>,
+}
+
+impl StandIn {
+    /// A root offering `controllers`, with an intermediate cgroup "berth" that has none
+    /// enabled yet.
+    fn new(controllers: &str) -> Self {
+        let mut s = Self {
+            root: tempfile::tempdir().unwrap(),
+            initial: HashMap::new(),
+        };
+        let root = s.root.path().to_path_buf();
+        s.file(&root, "cgroup.controllers", &format!("{controllers}\n"));
+        s.file(&root, "cgroup.subtree_control", "");
+        s.file(&root, "cgroup.procs", "1\n");
+        let berth = root.join("berth");
+        std::fs::create_dir(&berth).unwrap();
+        s.file(&berth, "cgroup.controllers", &format!("{controllers}\n"));
+        s.file(&berth, "cgroup.subtree_control", "");
+        s.file(&berth, "cgroup.procs", "");
+        s
+    }
+
+    fn layout(&self) -> CgroupLayout {
+        CgroupLayout::v2_at(self.root.path())
+    }
+
+    fn file(&mut self, dir: &Path, name: &str, content: &str) {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        self.initial.insert(path, content.to_string());
+    }
+
+    /// Lays out the container cgroup /berth/`name` as the kernel would when the parent enabled
+    /// `controllers`: its cgroup.controllers and the interface files of those controllers
+    /// (core files always), `overrides` replacing the fresh values.
+    fn leaf(&mut self, name: &str, controllers: &str, overrides: &[(&str, &str)]) -> PathBuf {
+        let dir = self.root.path().join("berth").join(name);
+        std::fs::create_dir(&dir).unwrap();
+        self.file(&dir, "cgroup.controllers", &format!("{controllers}\n"));
+        let enabled: Vec<&str> = controllers.split_whitespace().collect();
+        for (file, fresh) in V2_LEAF_FILES {
+            let prefix = file.split('.').next().unwrap();
+            // cpu.stat is a core file: it exists without the cpu controller.
+            let core = prefix == "cgroup" || *file == "cpu.stat";
+            if !core && !enabled.contains(&prefix) {
+                continue;
+            }
+            let content = overrides
+                .iter()
+                .find(|(f, _)| f == file)
+                .map_or(*fresh, |(_, c)| *c);
+            self.file(&dir, file, content);
+        }
+        dir
+    }
+
+    /// Everything written to `dir/name` since the stand-in made it, each write after the other.
+    /// Fails if the file's original content was changed rather than appended to.
+    fn written(&self, dir: &Path, name: &str) -> String {
+        let path = dir.join(name);
+        let now = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let before = self
+            .initial
+            .get(&path)
+            .unwrap_or_else(|| panic!("{} is not a stand-in file", path.display()));
+        now.strip_prefix(before.as_str())
+            .unwrap_or_else(|| panic!("{} was overwritten: {now:?}", path.display()))
+            .to_string()
+    }
+
+    /// The names of the files in `dir` (to check nothing was created).
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn throttle(major: i64, minor: i64, rate: u64) -> oci_spec::runtime::LinuxThrottleDevice {
+    LinuxThrottleDeviceBuilder::default()
+        .major(major)
+        .minor(minor)
+        .rate(rate)
+        .build()
+        .unwrap()
+}
+
+/// Checks what is written where, not what the kernel enforces (see the section comment).
+#[test]
+fn v2_apply_writes_every_resource() {
+    let mut s = StandIn::new(V2_CONTROLLERS);
+    let leaf = s.leaf("c1", V2_CONTROLLERS, &[]);
+    let mgr = CgroupManager::new_in(&s.layout(), Some("/berth/c1"), "c1").unwrap();
+    assert!(mgr.is_v2());
+    mgr.create().unwrap();
+    // Every ancestor enables every controller the root offers, one write each, in the order
+    // cgroup.controllers lists them; the container's own cgroup enables none (it will have
+    // processes, and v2 allows controllers only below cgroups without processes).
+    let all = "+cpuset+cpu+io+memory+hugetlb+pids";
+    assert_eq!(s.written(s.root.path(), "cgroup.subtree_control"), all);
+    assert_eq!(
+        s.written(&s.root.path().join("berth"), "cgroup.subtree_control"),
+        all
+    );
+    assert_eq!(s.written(&leaf, "cgroup.subtree_control"), "");
+    let files_before = StandIn::names(&leaf);
+
+    let r = resources(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(64 * MIB)
+                .reservation(32 * MIB)
+                .swap(96 * MIB)
+                .kernel(MIB) // v2 has no separate kernel limit: ignored with a warning
+                .kernel_tcp(MIB)
+                .swappiness(10u64)
+                .disable_oom_killer(true)
+                .build()
+                .unwrap(),
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares(1024u64)
+                .quota(50_000i64)
+                .period(100_000u64)
+                .burst(1000u64)
+                .idle(1i64)
+                .cpus("0-1")
+                .mems("0")
+                .build()
+                .unwrap(),
+        )
+        .pids(LinuxPidsBuilder::default().limit(10).build().unwrap())
+        .block_io(
+            LinuxBlockIoBuilder::default()
+                .weight(500u16)
+                .weight_device(vec![
+                    oci_spec::runtime::LinuxWeightDeviceBuilder::default()
+                        .major(8)
+                        .minor(0)
+                        .weight(100u16)
+                        .build()
+                        .unwrap(),
+                ])
+                .throttle_read_bps_device(vec![throttle(8, 0, 1_048_576)])
+                .throttle_write_iops_device(vec![throttle(8, 0, 100)])
+                .throttle_write_bps_device(vec![throttle(8, 16, 2_097_152)])
+                // 0 removes a throttle on v1; v2 says that with "max".
+                .throttle_read_iops_device(vec![throttle(8, 16, 0)])
+                .build()
+                .unwrap(),
+        )
+        .hugepage_limits(vec![
+            LinuxHugepageLimitBuilder::default()
+                .page_size("2MB")
+                .limit(4 * MIB)
+                .build()
+                .unwrap(),
+        ])
+        .unified(
+            [
+                ("memory.high", "50331648"),
+                // Explicit unified values are written after the converted ones, so they win.
+                ("cpu.weight", "200"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        )
+    });
+    mgr.apply(&r).unwrap();
+
+    // memory: swap.max is swap alone (runc: memory+swap minus memory), written before the
+    // limit; reservation is memory.low.
+    assert_eq!(s.written(&leaf, "memory.swap.max"), (32 * MIB).to_string());
+    assert_eq!(s.written(&leaf, "memory.max"), (64 * MIB).to_string());
+    assert_eq!(s.written(&leaf, "memory.low"), (32 * MIB).to_string());
+    assert_eq!(s.written(&leaf, "memory.high"), "50331648");
+    // cpu: runc's shares → weight, 1 + (1024 - 2) * 9999 / 262142 = 39, then unified's 200.
+    assert_eq!(s.written(&leaf, "cpu.weight"), ["39", "200"].concat());
+    assert_eq!(s.written(&leaf, "cpu.max"), "50000 100000");
+    assert_eq!(s.written(&leaf, "cpu.max.burst"), "1000");
+    assert_eq!(s.written(&leaf, "cpu.idle"), "1");
+    assert_eq!(s.written(&leaf, "cpuset.cpus"), "0-1");
+    assert_eq!(s.written(&leaf, "cpuset.mems"), "0");
+    assert_eq!(s.written(&leaf, "pids.max"), "10");
+    // io, without BFQ (no io.bfq.weight): weights converted by runc's
+    // 1 + (w - 10) * 9999 / 990 (500 → 4950, 100 → 910); one io.max line per device.
+    assert_eq!(s.written(&leaf, "io.weight"), ["4950", "8:0 910"].concat());
+    assert_eq!(
+        s.written(&leaf, "io.max"),
+        ["8:0 rbps=1048576 wiops=100", "8:16 wbps=2097152 riops=max"].concat()
+    );
+    // hugetlb: the limit and, where the kernel has it, the reservation limit.
+    assert_eq!(s.written(&leaf, "hugetlb.2MB.max"), (4 * MIB).to_string());
+    assert_eq!(
+        s.written(&leaf, "hugetlb.2MB.rsvd.max"),
+        (4 * MIB).to_string()
+    );
+    assert_eq!(s.written(&leaf, "hugetlb.1GB.max"), "");
+    // The dropped v1 settings wrote nothing, and no write created a file.
+    assert_eq!(s.written(&leaf, "memory.min"), "");
+    assert_eq!(StandIn::names(&leaf), files_before);
+
+    // Unlimited: memory -1 without swap means both unlimited (as on v1), quota -1 is "max".
+    let mut s = StandIn::new(V2_CONTROLLERS);
+    let leaf = s.leaf("c2", V2_CONTROLLERS, &[("cpu.max", "20000 100000\n")]);
+    let mgr = CgroupManager::new_in(&s.layout(), Some("/berth/c2"), "c2").unwrap();
+    mgr.create().unwrap();
+    let r = resources(|b| {
+        b.memory(LinuxMemoryBuilder::default().limit(-1).build().unwrap())
+            .pids(LinuxPidsBuilder::default().limit(-1).build().unwrap())
+    });
+    mgr.apply(&r).unwrap();
+    assert_eq!(s.written(&leaf, "memory.swap.max"), "max");
+    assert_eq!(s.written(&leaf, "memory.max"), "max");
+    assert_eq!(s.written(&leaf, "pids.max"), "max");
+    // Only the period: the current quota (20000) is kept.
+    let r = resources(|b| {
+        b.cpu(
+            LinuxCpuBuilder::default()
+                .period(50_000u64)
+                .build()
+                .unwrap(),
+        )
+    });
+    mgr.apply(&r).unwrap();
+    assert_eq!(s.written(&leaf, "cpu.max"), "20000 50000");
+    let r = resources(|b| {
+        b.cpu(
+            LinuxCpuBuilder::default()
+                .quota(-1i64)
+                .period(100_000u64)
+                .build()
+                .unwrap(),
+        )
+    });
+    mgr.apply(&r).unwrap();
+    assert_eq!(
+        s.written(&leaf, "cpu.max"),
+        ["20000 50000", "max 100000"].concat()
+    );
+    // memory+swap equal to memory: no swap at all.
+    let r = resources(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(16 * MIB)
+                .swap(16 * MIB)
+                .build()
+                .unwrap(),
+        )
+    });
+    mgr.apply(&r).unwrap();
+    assert_eq!(s.written(&leaf, "memory.swap.max"), ["max", "0"].concat());
+    assert_eq!(
+        s.written(&leaf, "memory.max"),
+        ["max".to_string(), (16 * MIB).to_string()].concat()
+    );
+
+    // Refusals. A unified key that leaves the cgroup directory, or names the runtime's own
+    // files, is refused before anything is written.
+    for (key, needle) in [
+        ("../escape.max", "not a cgroup file name"),
+        ("a/b.max", "not a cgroup file name"),
+        ("cgroup.procs", "managed by the runtime"),
+    ] {
+        let r = resources(|b| {
+            b.pids(LinuxPidsBuilder::default().limit(5).build().unwrap())
+                .unified(
+                    [(key.to_string(), "1".to_string())]
+                        .into_iter()
+                        .collect::<HashMap<_, _>>(),
+                )
+        });
+        let err = mgr.apply(&r).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{key}: {err}");
+        assert!(err.to_string().contains(needle), "{key}: {err}");
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+    assert_eq!(s.written(&leaf, "pids.max"), "max", "nothing was applied");
+    assert!(!s.root.path().join("berth/escape.max").exists());
+    // A key the cgroup has no file for fails naming the file, and creates none.
+    let r = resources(|b| {
+        b.unified(
+            [("memory.nosuch".to_string(), "1".to_string())]
+                .into_iter()
+                .collect::<HashMap<_, _>>(),
+        )
+    });
+    let err = mgr.apply(&r).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "write 1 to {}",
+            leaf.join("memory.nosuch").display()
+        )),
+        "{err}"
+    );
+    assert!(!leaf.join("memory.nosuch").exists());
+
+    // A controller the parent did not enable (absent from the cgroup's cgroup.controllers):
+    // a FailedPrecondition naming the controller and the cgroup, before any write for it.
+    let mut s = StandIn::new(V2_CONTROLLERS);
+    let leaf = s.leaf("c3", "cpu memory pids", &[]);
+    let mgr = CgroupManager::new_in(&s.layout(), Some("/berth/c3"), "c3").unwrap();
+    mgr.create().unwrap();
+    let unified = |k: &str, v: &str| {
+        [(k.to_string(), v.to_string())]
+            .into_iter()
+            .collect::<HashMap<_, _>>()
+    };
+    for (r, controller) in [
+        (
+            resources(|b| {
+                b.block_io(
+                    LinuxBlockIoBuilder::default()
+                        .weight(100u16)
+                        .build()
+                        .unwrap(),
+                )
+            }),
+            "io",
+        ),
+        (
+            resources(|b| {
+                b.block_io(
+                    LinuxBlockIoBuilder::default()
+                        .throttle_read_bps_device(vec![throttle(8, 0, 1)])
+                        .build()
+                        .unwrap(),
+                )
+            }),
+            "io",
+        ),
+        (
+            resources(|b| b.cpu(LinuxCpuBuilder::default().cpus("0").build().unwrap())),
+            "cpuset",
+        ),
+        (resources(|b| b.unified(unified("io.weight", "50"))), "io"),
+    ] {
+        let err = mgr.apply(&r).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("the {controller} controller is not enabled")),
+            "{msg}"
+        );
+        assert!(msg.contains(&leaf.display().to_string()), "{msg}");
+        assert!(msg.contains("enabled: cpu memory pids"), "{msg}");
+    }
+    // Huge page limits without hugetlb are skipped with a warning (as runc does), not written.
+    let r = resources(|b| {
+        b.hugepage_limits(vec![
+            LinuxHugepageLimitBuilder::default()
+                .page_size("2MB")
+                .limit(2 * MIB)
+                .build()
+                .unwrap(),
+        ])
+        .pids(LinuxPidsBuilder::default().limit(7).build().unwrap())
+    });
+    mgr.apply(&r).unwrap();
+    assert_eq!(s.written(&leaf, "pids.max"), "7");
+    assert!(!leaf.join("hugetlb.2MB.max").exists());
+    // So are rdma limits (as on v1).
+    let rdma = |b: LinuxResourcesBuilder| {
+        b.rdma(
+            [
+                ("mlx5_1", Some(2u32), None),
+                ("mlx5_0", Some(4), Some(1000u32)),
+            ]
+            .into_iter()
+            .map(|(dev, handles, objects)| {
+                let mut l = oci_spec::runtime::LinuxRdmaBuilder::default();
+                if let Some(h) = handles {
+                    l = l.hca_handles(h);
+                }
+                if let Some(o) = objects {
+                    l = l.hca_objects(o);
+                }
+                (dev.to_string(), l.build().unwrap())
+            })
+            .collect::<HashMap<_, _>>(),
+        )
+    };
+    mgr.apply(&resources(rdma)).unwrap();
+    assert!(!leaf.join("rdma.max").exists());
+    // With the rdma controller: one rdma.max line per device, unset counts as "max".
+    let mut s = StandIn::new("cpu memory pids rdma");
+    let leaf = s.leaf("c6", "pids rdma", &[]);
+    let mgr = CgroupManager::new_in(&s.layout(), Some("/berth/c6"), "c6").unwrap();
+    mgr.create().unwrap();
+    assert_eq!(
+        s.written(s.root.path(), "cgroup.subtree_control"),
+        "+cpu+memory+pids+rdma"
+    );
+    mgr.apply(&resources(rdma)).unwrap();
+    assert_eq!(
+        s.written(&leaf, "rdma.max"),
+        [
+            "mlx5_0 hca_handle=4 hca_object=1000",
+            "mlx5_1 hca_handle=2 hca_object=max"
+        ]
+        .concat()
+    );
+
+    // The controller listed but its file missing (an older kernel): the error names the file
+    // and the value.
+    let mut s = StandIn::new(V2_CONTROLLERS);
+    let leaf = s.leaf("c4", V2_CONTROLLERS, &[]);
+    std::fs::remove_file(leaf.join("cpu.max.burst")).unwrap();
+    let mgr = CgroupManager::new_in(&s.layout(), Some("/berth/c4"), "c4").unwrap();
+    let r = resources(|b| b.cpu(LinuxCpuBuilder::default().burst(500u64).build().unwrap()));
+    let err = mgr.apply(&r).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "write 500 to {}",
+            leaf.join("cpu.max.burst").display()
+        )),
+        "{err}"
+    );
+
+    // create makes a cgroup directory that does not exist yet.
+    let new = CgroupManager::new_in(&s.layout(), Some("/berth/fresh/c5"), "c5").unwrap();
+    new.create().unwrap();
+    assert!(s.root.path().join("berth/fresh/c5").is_dir());
+}
+
+/// Stand-in stat files with what a 6.x kernel writes in them; checks the parsed [`Stats`].
+#[test]
+fn v2_stats_are_parsed() {
+    let mut s = StandIn::new(V2_CONTROLLERS);
+    let memory_stat = "\
+anon 41943040
+file 8388608
+kernel 2097152
+kernel_stack 163840
+pagetables 327680
+sec_pagetables 0
+percpu 5760
+sock 4096
+vmalloc 0
+shmem 0
+zswap 0
+zswapped 0
+file_mapped 1048576
+file_dirty 4096
+file_writeback 0
+swapcached 0
+anon_thp 20971520
+file_thp 0
+shmem_thp 0
+inactive_anon 40960000
+active_anon 983040
+inactive_file 6291456
+active_file 2097152
+unevictable 0
+slab_reclaimable 524288
+slab_unreclaimable 786432
+slab 1310720
+workingset_refault_anon 0
+workingset_refault_file 0
+pgscan 0
+pgsteal 0
+pgfault 123456
+pgmajfault 78
+pgrefill 0
+pgactivate 12
+pgdeactivate 0
+pglazyfree 0
+pglazyfreed 0
+thp_fault_alloc 10
+thp_collapse_alloc 0
+";
+    let cpu_stat = "\
+usage_usec 2345678
+user_usec 2000000
+system_usec 345678
+core_sched.force_idle_usec 0
+nr_periods 120
+nr_throttled 15
+throttled_usec 456789
+nr_bursts 0
+burst_usec 0
+";
+    let io_stat = "\
+8:0 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0 cost.usage=42 cost.wait=0
+253:1 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=512 dios=1
+";
+    let leaf = s.leaf(
+        "stats",
+        V2_CONTROLLERS,
+        &[
+            ("memory.current", "52490240\n"),
+            ("memory.max", "67108864\n"),
+            ("memory.peak", "60817408\n"),
+            ("memory.stat", memory_stat),
+            (
+                "memory.events",
+                "low 0\nhigh 4\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n",
+            ),
+            ("memory.swap.current", "1048576\n"),
+            ("memory.swap.max", "max\n"),
+            ("memory.swap.events", "high 0\nmax 1\nfail 0\n"),
+            ("cpu.stat", cpu_stat),
+            ("io.stat", io_stat),
+            ("pids.current", "7\n"),
+            ("pids.max", "64\n"),
+            ("hugetlb.2MB.current", "4194304\n"),
+            ("hugetlb.2MB.max", "8388608\n"),
+            ("hugetlb.2MB.events", "max 1\n"),
+        ],
+    );
+    let mgr = CgroupManager::load_in(&s.layout(), "/berth/stats").unwrap();
+    let st = mgr.stats().unwrap();
+
+    assert_eq!(st.memory.usage.usage, 52_490_240);
+    assert_eq!(st.memory.usage.limit, 64 * MIB as u64);
+    assert_eq!(st.memory.usage.max, 60_817_408);
+    assert_eq!(st.memory.usage.failcnt, 12, "memory.events max");
+    assert_eq!(st.memory.swap.usage, 1_048_576);
+    assert_eq!(st.memory.swap.limit, u64::MAX, "\"max\" reads as no limit");
+    assert_eq!(st.memory.swap.failcnt, 1);
+    assert_eq!(st.memory.rss, 41_943_040, "anon");
+    assert_eq!(st.memory.cache, 8_388_608, "file");
+    assert_eq!(st.memory.rss_huge, 20_971_520);
+    assert_eq!(st.memory.mapped_file, 1_048_576);
+    assert_eq!(st.memory.dirty, 4096);
+    assert_eq!(st.memory.pg_fault, 123_456);
+    assert_eq!(st.memory.pg_maj_fault, 78);
+    assert_eq!(st.memory.inactive_anon, 40_960_000);
+    assert_eq!(st.memory.active_file, 2_097_152);
+    assert_eq!(
+        st.memory.total_rss, st.memory.rss,
+        "v2 stats are hierarchical"
+    );
+    assert_eq!(st.memory.kernel.usage, 2_097_152);
+    assert_eq!(st.memory.kernel_tcp.usage, 4096);
+    assert_eq!(st.memory.raw.get("slab"), Some(&1_310_720));
+    assert_eq!(st.memory.raw.len(), memory_stat.lines().count());
+    assert_eq!(st.memory_oom_control.oom_kill, 2);
+    assert_eq!(st.memory_oom_control.oom_events, 3);
+    assert_eq!(mgr.oom_kill_count().unwrap(), 2);
+
+    // cpu.stat is in microseconds, Stats in nanoseconds.
+    assert_eq!(st.cpu.usage.total, 2_345_678_000);
+    assert_eq!(st.cpu.usage.user, 2_000_000_000);
+    assert_eq!(st.cpu.usage.kernel, 345_678_000);
+    assert!(st.cpu.usage.per_cpu.is_empty());
+    assert_eq!(st.cpu.throttling.periods, 120);
+    assert_eq!(st.cpu.throttling.throttled_periods, 15);
+    assert_eq!(st.cpu.throttling.throttled_time, 456_789_000);
+
+    let entries = |list: &[berth_runtime::cgroups::BlkioEntry]| {
+        list.iter()
+            .map(|e| (e.major, e.minor, e.op.clone(), e.value))
+            .collect::<Vec<_>>()
+    };
+    let e = |major, minor, op: &str, value| (major, minor, op.to_string(), value);
+    assert_eq!(
+        entries(&st.blkio.io_service_bytes_recursive),
+        vec![
+            e(8, 0, "Read", 1_459_200),
+            e(8, 0, "Write", 314_773_504),
+            e(8, 0, "Discard", 0),
+            e(253, 1, "Read", 4096),
+            e(253, 1, "Write", 0),
+            e(253, 1, "Discard", 512),
+        ]
+    );
+    assert_eq!(
+        entries(&st.blkio.io_serviced_recursive),
+        vec![
+            e(8, 0, "Read", 192),
+            e(8, 0, "Write", 353),
+            e(8, 0, "Discard", 0),
+            e(253, 1, "Read", 1),
+            e(253, 1, "Write", 0),
+            e(253, 1, "Discard", 1),
+        ]
+    );
+
+    assert_eq!(st.pids.current, 7);
+    assert_eq!(st.pids.limit, 64);
+
+    let two = st.hugetlb.iter().find(|h| h.pagesize == "2MB").unwrap();
+    assert_eq!(
+        (two.usage, two.limit, two.failcnt),
+        (4_194_304, 8_388_608, 1)
+    );
+    let one = st.hugetlb.iter().find(|h| h.pagesize == "1GB").unwrap();
+    assert_eq!((one.usage, one.limit), (0, u64::MAX));
+
+    // No limits: pids "max" reads as 0 (containerd's convention), memory "max" as u64::MAX.
+    let _fresh = s.leaf("fresh", V2_CONTROLLERS, &[]);
+    let fresh = CgroupManager::load_in(&s.layout(), "/berth/fresh").unwrap();
+    let st = fresh.stats().unwrap();
+    assert_eq!(st.pids.limit, 0);
+    assert_eq!(st.memory.usage.limit, u64::MAX);
+    assert_eq!(fresh.oom_kill_count().unwrap(), 0);
+
+    // Without the memory controller there is nothing to count OOM kills with; a cgroup that
+    // does not exist is NotFound.
+    let _nomem = s.leaf("nomem", "cpu pids", &[]);
+    let nomem = CgroupManager::load_in(&s.layout(), "/berth/nomem").unwrap();
+    let err = nomem.oom_kill_count().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("memory controller"), "{err}");
+    let st = nomem.stats().unwrap();
+    assert_eq!(st.memory.usage.usage, 0);
+    assert_eq!(st.pids.current, 0);
+    let gone = CgroupManager::load_in(&s.layout(), "/berth/gone").unwrap();
+    assert_eq!(gone.stats().unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        gone.oom_kill_count().unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    drop(leaf);
 }

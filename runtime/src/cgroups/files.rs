@@ -66,8 +66,12 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
 }
 
 /// [`write`] returning the bare `io::Error`, for callers that react to a particular errno.
+///
+/// Opened with O_APPEND: cgroupfs ignores the file offset (each write is one command), and on a
+/// plain file (a stand-in tree in tests) every write is kept in order instead of overwriting
+/// the start of the file, so the whole sequence of writes can be checked.
 pub(crate) fn write_raw(path: &Path, value: &str) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).open(path)?;
+    let mut file = OpenOptions::new().append(true).open(path)?;
     let written = file.write(value.as_bytes())?;
     if written != value.len() {
         return Err(io::Error::new(
@@ -247,6 +251,21 @@ mod tests {
         assert_eq!(map.get("c"), None);
         assert_eq!(map.get("d"), None);
         assert_eq!(map.get("e"), Some(&5));
+    }
+
+    #[test]
+    fn writes_never_create_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("io.max");
+        assert_eq!(
+            write(&path, "8:0 rbps=1").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert!(!path.exists());
+        fs::write(&path, "").unwrap();
+        write(&path, "8:0 rbps=1").unwrap();
+        write(&path, "8:16 wbps=2").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "8:0 rbps=18:16 wbps=2");
     }
 
     #[test]

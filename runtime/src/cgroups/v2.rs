@@ -174,9 +174,20 @@ impl V2Cgroup {
                 "network classID/priorities ignored: cgroup v2 has no net_cls/net_prio"
             );
         }
-        if let Some(rdma) = r.rdma() {
+        if let Some(rdma) = r.rdma().as_ref().filter(|m| !m.is_empty())
+            && !enabled.has("rdma")
+        {
+            // As on v1 (and as `CgroupManager::apply` promises): a host without the rdma
+            // controller skips rdma limits rather than failing the container.
+            tracing::warn!(
+                cgroup = %self.path,
+                devices = rdma.len(),
+                "rdma limits ignored: the rdma controller is not enabled"
+            );
+        } else if let Some(rdma) = r.rdma() {
+            // Sorted, so the writes happen in a stable order.
+            let rdma: BTreeMap<&String, _> = rdma.iter().collect();
             for (device, limit) in rdma {
-                enabled.need("rdma", "rdma limits")?;
                 let handles = limit
                     .hca_handles()
                     .map_or_else(|| "max".to_string(), |v| v.to_string());
