@@ -92,10 +92,27 @@ fn copy_in(path: PathBuf, done: tokio::sync::mpsc::UnboundedSender<()>) -> Resul
                         Err(_) => break,
                     }
                 }
+                wait_drained(&fifo);
             }
             let _ = done.send(());
         })
         .map_err(|e| Error::io("start a thread copying stdin", e))
+}
+
+/// Waits (up to 10 s) until the shim has read everything written to the stdin FIFO. CloseIO
+/// makes the shim stop reading the FIFO, so calling it while bytes still sit in the pipe would
+/// lose them.
+fn wait_drained(fifo: &File) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int we own; the descriptor is open for the call.
+        let rc = unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut unread) };
+        if rc != 0 || unread == 0 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 impl Attached {

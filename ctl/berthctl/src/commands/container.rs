@@ -322,7 +322,7 @@ async fn ensure_image(
     name: &str,
     policy: PullPolicy,
     snapshotter: Option<&str>,
-) -> std::result::Result<Image, Failure> {
+) -> Result<Image> {
     let full = Reference::parse(name)
         .map(|r| r.to_string())
         .unwrap_or_else(|_| name.to_owned());
@@ -336,7 +336,7 @@ async fn ensure_image(
                     break;
                 }
                 Err(e) if e.is(ErrorKind::NotFound) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -346,8 +346,7 @@ async fn ensure_image(
     if policy == PullPolicy::Never {
         return Err(Error::not_found(format!(
             "image {full:?} is not in berthd and --pull never forbids pulling it"
-        ))
-        .into());
+        )));
     }
     let req = PullRequest {
         credentials: stored_credentials(&full),
@@ -361,20 +360,13 @@ async fn ensure_image(
     let mut view = View::new(Direction::Pull, false);
     let result = client.transfer().pull(&req, |e| view.event(&e)).await;
     view.finish(result.is_ok());
-    Ok(result.map_err(|e| explain(e, &format!("pull {full}")))?)
+    result.map_err(|e| explain(e, &format!("pull {full}")))
 }
 
 /// Creates the container record and its snapshot; returns the container.
 async fn create_container(ctx: &Ctx, client: &Client, args: &CreateArgs) -> Result<Container> {
     let id = args.name.clone().unwrap_or_else(random_id);
-    let image =
-        match ensure_image(client, &args.image, args.pull, args.snapshotter.as_deref()).await {
-            Ok(img) => img,
-            Err(Failure::Error(e)) => return Err(e),
-            Err(Failure::Reported) | Err(Failure::Exit(_)) => {
-                return Err(Error::internal(format!("get image {}", args.image)));
-            }
-        };
+    let image = ensure_image(client, &args.image, args.pull, args.snapshotter.as_deref()).await?;
     let snapshotter = client
         .resolve_snapshotter(args.snapshotter.as_deref())
         .await?;
@@ -784,6 +776,9 @@ pub struct PsRow {
     pub exit_code: Option<u32>,
     /// The init's host pid while it runs.
     pub pid: Option<u32>,
+    /// When it was created, for the table's age.
+    #[serde(skip)]
+    pub created_at: Option<SystemTime>,
 }
 
 fn command_of(c: &Container) -> String {
@@ -833,6 +828,7 @@ pub async fn ps(ctx: &Ctx, args: PsArgs) -> CmdResult {
                 .filter(|t| t.status == TaskStatus::Stopped)
                 .map(|t| t.exit_status),
             pid: task.filter(|_| running).map(|t| t.pid),
+            created_at: known_time(c.created_at),
         });
     }
     if args.quiet {
@@ -842,11 +838,7 @@ pub async fn ps(ctx: &Ctx, args: PsArgs) -> CmdResult {
     let now = SystemTime::now();
     print(&output::render(ctx.format, &rows, |rows| {
         let mut t = Table::new(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"]);
-        for (r, c) in rows.iter().zip(
-            containers
-                .iter()
-                .filter(|c| rows.iter().any(|r| r.id == c.id)),
-        ) {
+        for r in rows {
             let status = match (r.state.as_str(), r.exit_code) {
                 ("exited", Some(code)) => format!("Exited ({code})"),
                 ("running", _) => "Up".to_owned(),
@@ -867,7 +859,7 @@ pub async fn ps(ctx: &Ctx, args: PsArgs) -> CmdResult {
                 r.id.clone(),
                 r.image.clone(),
                 format!("{command:?}"),
-                output::age(known_time(c.created_at), now),
+                output::age(r.created_at, now),
                 status,
             ]);
         }
