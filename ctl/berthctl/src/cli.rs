@@ -638,6 +638,118 @@ mod tests {
     }
 
     #[test]
+    fn container_commands() {
+        use crate::commands::container::{NetworkMode, PullPolicy};
+        match parse(&[
+            "run",
+            "-d",
+            "--rm",
+            "-it",
+            "--name",
+            "web",
+            "-e",
+            "A=1",
+            "-e",
+            "B",
+            "-w",
+            "/srv",
+            "-u",
+            "1000:1000",
+            "--memory",
+            "64m",
+            "--cpus",
+            "1.5",
+            "--pids-limit",
+            "20",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--cap-drop",
+            "ALL",
+            "--runtime",
+            "runc",
+            "--pull",
+            "never",
+            "--network",
+            "host",
+            "-l",
+            "a=b",
+            "--read-only",
+            "busybox",
+            "sh",
+            "-c",
+            "echo -n x",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Run(run) => {
+                assert!(run.detach && run.rm);
+                let c = run.create;
+                assert!(c.interactive && c.tty && c.read_only);
+                assert_eq!(c.name.as_deref(), Some("web"));
+                assert_eq!(c.env, ["A=1", "B"]);
+                assert_eq!(c.workdir.as_deref(), Some("/srv"));
+                assert_eq!(c.user.as_deref(), Some("1000:1000"));
+                assert_eq!(c.memory, Some(64 << 20));
+                assert_eq!(c.cpus, Some(1.5));
+                assert_eq!(c.pids_limit, Some(20));
+                assert_eq!((c.cap_add.len(), c.cap_drop.len()), (1, 1));
+                assert_eq!(c.runtime.as_deref(), Some("runc"));
+                assert_eq!(c.pull, PullPolicy::Never);
+                assert_eq!(c.network, NetworkMode::Host);
+                assert_eq!(c.labels, vec![("a".into(), "b".into())]);
+                assert_eq!(c.image, "busybox");
+                // Flags after the image belong to the command.
+                assert_eq!(c.args, ["sh", "-c", "echo -n x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["run", "busybox"]).unwrap().command {
+            Command::Run(run) => {
+                assert!(!run.detach && !run.rm);
+                assert_eq!(run.create.pull, PullPolicy::Missing);
+                assert_eq!(run.create.network, NetworkMode::None);
+                assert!(run.create.args.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["ps", "-a", "-q"]).unwrap().command {
+            Command::Ps(ps) => assert!(ps.all && ps.quiet),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["start", "-a", "-i", "web"]).unwrap().command {
+            Command::Start(s) => assert!(s.attach && s.interactive && s.ids == ["web"]),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["stop", "web", "db"]).unwrap().command {
+            Command::Stop(s) => assert_eq!((s.time, s.ids.len()), (10, 2)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["exec", "-it", "-e", "X=1", "web", "ls", "-l"])
+            .unwrap()
+            .command
+        {
+            Command::Exec(e) => {
+                assert!(e.interactive && e.tty);
+                assert_eq!(
+                    (e.id.as_str(), e.args.as_slice()),
+                    ("web", &["ls".to_owned(), "-l".to_owned()][..])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["kill", "web"]).unwrap().command {
+            Command::Kill(k) => assert_eq!(k.signal, "KILL"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["run"]).is_err(), "run needs an image");
+        assert!(parse(&["run", "--memory", "lots", "busybox"]).is_err());
+        assert!(parse(&["run", "--pull", "sometimes", "busybox"]).is_err());
+        assert!(parse(&["exec", "web"]).is_err(), "exec needs a command");
+        assert!(parse(&["rm"]).is_err());
+    }
+
+    #[test]
     fn lease_commands() {
         match parse(&["lease", "create", "--id", "l1", "--expires-in", "24h"])
             .unwrap()
