@@ -705,3 +705,28 @@ fn run_with_an_external_runtime_binary() {
     e.ctl(&["rm", "-f", &id]).ok();
     assert!(e.leftovers(&id).is_empty());
 }
+
+#[test]
+fn output_of_detached_and_attached_runs_is_in_the_log() {
+    let e = Env::new("logs");
+    let id = unique("l");
+    e.ctl(&[
+        "run",
+        "-d",
+        "--name",
+        &id,
+        &e.image,
+        "sh",
+        "-c",
+        "echo to out; echo to err >&2",
+    ])
+    .ok();
+    assert_eq!(e.ctl(&["wait", &id]).ok(), "0\n");
+    let out = e.ctl(&["logs", &id]);
+    assert_eq!(out.ok(), "to out\n");
+    assert_eq!(out.stderr(), "to err\n");
+    // Attached, the output reaches the terminal and the log.
+    e.ctl(&["start", "-a", &id]).ok();
+    assert_eq!(e.ctl(&["logs", &id]).ok(), "to out\nto out\n");
+    e.ctl(&["rm", &id]).ok();
+}
