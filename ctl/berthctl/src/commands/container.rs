@@ -474,9 +474,10 @@ async fn create_task(
     c: &Container,
     attach: Option<AttachOptions>,
 ) -> Result<Option<Attached>> {
-    // A task left from an earlier run of the container (stopped) makes way for the new one.
+    // A task left from an earlier run (stopped), or one created but never started (a start
+    // that failed half-way), makes way for the new one.
     match client.tasks().get(&c.id, "").await {
-        Ok(p) if p.status == TaskStatus::Stopped => {
+        Ok(p) if matches!(p.status, TaskStatus::Stopped | TaskStatus::Created) => {
             client.tasks().delete(&c.id).await?;
         }
         Ok(p) => {
