@@ -720,3 +720,45 @@ fn a_dead_shims_container_is_force_deleted_on_restart() {
     assert!(task_status(&d, &ns, &id).is_none());
     ctr(&d, &ns, &["containers", "rm", &id]).ok();
 }
+
+/// The shim watches its container's cgroup for OOM kills and berthd publishes `/tasks/oom`.
+#[test]
+fn an_oom_kill_in_the_container_is_published() {
+    let ns = unique("oom");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut ooms = rt.block_on(async {
+        d.client(&ns)
+            .await
+            .events()
+            .subscribe(&[format!(r#"topic=="/tasks/oom",namespace=={ns}"#)])
+            .await
+            .unwrap()
+    });
+    // A string that doubles until the limit kills the shell.
+    let out = ctr(
+        &d,
+        &ns,
+        &[
+            "run",
+            "--memory-limit",
+            "16777216",
+            &image.name,
+            &id,
+            "sh",
+            "-c",
+            "x=x; while true; do x=$x$x; done",
+        ],
+    );
+    assert_eq!(out.output.status.code(), Some(137), "{}", out.stderr());
+    let e = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), ooms.next()).await })
+        .expect("a /tasks/oom event within 20s")
+        .unwrap()
+        .unwrap();
+    let oom: berth_proto::containerd::events::TaskOom =
+        prost::Message::decode(e.event.value.as_slice()).unwrap();
+    assert_eq!(oom.container_id, id);
+    ctr(&d, &ns, &["containers", "rm", &id]).ok();
+}

@@ -14,6 +14,7 @@
 //! loop: no threads, no async runtime, to keep it small (its memory is counted per container).
 
 mod io;
+mod isolate;
 mod runtime;
 mod shim;
 

@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
 
 use crate::io::{self as sio, LogFile, Pump, Stream};
+use crate::isolate::{self, Reply};
 use crate::runtime::{Builtin, ChildStdio, External, OciRuntime};
 
 /// How long output may keep flowing after a process exited before the exit is reported anyway
@@ -101,6 +102,10 @@ struct Shim {
     log: Option<Rc<RefCell<LogFile>>>,
     rootfs_mounted: bool,
     cgroup_path: Option<String>,
+    /// The cgroup file counting OOM kills (memory.oom_control on v1, memory.events on v2).
+    oom_file: Option<PathBuf>,
+    /// The cgroup file telling whether it is frozen (freezer.state on v1, cgroup.events on v2).
+    freezer_file: Option<PathBuf>,
     oom_kills: u64,
     shutdown: bool,
 }
@@ -156,6 +161,8 @@ pub fn run(id: String, _namespace: String, bundle: PathBuf) -> Result<()> {
         log: None,
         rootfs_mounted: false,
         cgroup_path: None,
+        oom_file: None,
+        freezer_file: None,
         oom_kills: 0,
         shutdown: false,
     };
@@ -237,7 +244,7 @@ impl Shim {
                 .any(|p| p.status == api::Status::Running);
             let timeout = if draining {
                 50
-            } else if running && self.cgroup_path.is_some() {
+            } else if running && self.oom_file.is_some() {
                 1000
             } else {
                 -1
@@ -458,13 +465,18 @@ impl Shim {
     }
 
     fn check_oom(&mut self) {
-        let Some(path) = &self.cgroup_path else {
+        let Some(path) = &self.oom_file else {
             return;
         };
-        let Ok(cg) = berth_runtime::cgroups::CgroupManager::load(path) else {
-            return;
-        };
-        let now = cg.oom_kill_count().unwrap_or(self.oom_kills);
+        // Read here rather than through the runtime's cgroup code, which would stay resident.
+        let now = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(self.oom_kills);
         if now > self.oom_kills {
             self.oom_kills = now;
             self.broadcast(api::Event {
@@ -495,10 +507,10 @@ impl Shim {
                 .map(|()| R::Pid(api::PidResponse { pid: 0 })),
             B::Pause(_) => self
                 .with_runtime(|rt, id| rt.pause(id))
-                .map(|()| R::Pid(api::PidResponse { pid: 0 })),
+                .map(|_| R::Pid(api::PidResponse { pid: 0 })),
             B::Resume(_) => self
                 .with_runtime(|rt, id| rt.resume(id))
-                .map(|()| R::Pid(api::PidResponse { pid: 0 })),
+                .map(|_| R::Pid(api::PidResponse { pid: 0 })),
             B::Pids(_) => self.pids().map(R::Pids),
             B::State(p) => self.state(&p.exec_id).map(R::State),
             B::Wait(p) => match self.procs.get(&p.exec_id) {
@@ -538,12 +550,21 @@ impl Shim {
         api::ExitsResponse { exits }
     }
 
-    fn with_runtime<T>(&self, f: impl FnOnce(&dyn OciRuntime, &str) -> Result<T>) -> Result<T> {
+    /// Runs a runtime operation in a helper child (see [`isolate`]); `f` returns nothing to
+    /// send back.
+    fn with_runtime(&self, f: impl FnOnce(&dyn OciRuntime, &str) -> Result<()>) -> Result<()> {
+        self.isolated(|rt, id| f(rt, id).map(|()| Reply::default()))
+            .map(drop)
+    }
+
+    /// Runs a runtime operation in a helper child (see [`isolate`]).
+    fn isolated(&self, f: impl FnOnce(&dyn OciRuntime, &str) -> Result<Reply>) -> Result<Reply> {
         let rt = self
             .runtime
             .as_deref()
             .ok_or_else(|| Error::failed_precondition("the task is not created"))?;
-        f(rt, &self.id)
+        let id = self.id.as_str();
+        isolate::run(|| f(rt, id))
     }
 
     fn create(&mut self, req: api::CreateRequest) -> Result<u32> {
@@ -580,25 +601,33 @@ impl Shim {
             )?)));
         }
         let mut proc = Proc::new(stdio.clone());
+        let (id, bundle, binary) = (&self.id, &self.bundle, &req.runtime_binary);
         let res = self.launch(&mut proc, runtime.as_ref(), true, |rt, child, console| {
-            rt.create(&self.id, &self.bundle, child, console)
+            let pid = rt.create(id, bundle, child, console)?;
+            let mut reply = cgroup_files(bundle, &state_root, id, binary);
+            reply.pid = pid;
+            Ok(reply)
         });
-        let pid = match res {
-            Ok(pid) => pid,
+        let reply = match res {
+            Ok(r) => r,
             Err(e) => {
                 self.unmount_rootfs();
                 return Err(e);
             }
         };
+        let pid = reply.pid;
         proc.pid = pid;
-        self.cgroup_path = cgroup_path(&self.bundle, &state_root, &self.id, &req.runtime_binary);
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        self.cgroup_path = some(reply.cgroup);
+        self.oom_file = some(reply.oom_file).map(PathBuf::from);
+        self.freezer_file = some(reply.freezer_file).map(PathBuf::from);
         self.runtime = Some(runtime);
         self.procs.insert(String::new(), proc);
         Ok(pid as u32)
     }
 
     /// Sets up a process's stdio (pipes or a pty through a console socket), runs `f` to make
-    /// the process, and wires the pumps: to the client's paths (any may be empty: that stream
+    /// the process in a helper child (see [`isolate`]), and wires the pumps: to the client's paths (any may be empty: that stream
     /// is then only logged, or read and dropped) and, when `logged`, to the task's log (the
     /// init's output is logged, an exec's is not, as with Docker).
     fn launch(
@@ -606,8 +635,8 @@ impl Shim {
         proc: &mut Proc,
         rt: &dyn OciRuntime,
         logged: bool,
-        f: impl FnOnce(&dyn OciRuntime, ChildStdio, Option<&Path>) -> Result<i32>,
-    ) -> Result<i32> {
+        f: impl FnOnce(&dyn OciRuntime, ChildStdio, Option<&Path>) -> Result<Reply>,
+    ) -> Result<Reply> {
         let stdio = proc.stdio.clone();
         let log = |s: Stream| {
             if logged {
@@ -638,9 +667,9 @@ impl Shim {
                 stdout: sio::dev_null()?,
                 stderr: sio::dev_null()?,
             };
-            let pid = f(rt, null, Some(&sock_path));
+            let reply = isolate::run(|| f(rt, null, Some(&sock_path)));
             let _ = std::fs::remove_file(&sock_path);
-            let pid = pid?;
+            let reply = reply?;
             let master = receive_master(&listener)?;
             sio::set_nonblocking(master.as_fd(), true)?;
             let reader = sio::dup(master.as_fd())?;
@@ -654,7 +683,7 @@ impl Shim {
             stdin.close_dst_at_eof = false;
             proc.pumps = vec![stdin, Pump::new(Some(reader), out, log(Stream::Stdout))];
             proc.console = Some(master);
-            return Ok(pid);
+            return Ok(reply);
         }
         let (in_r, in_w) = sio::pipe()?;
         let (out_r, out_w) = sio::pipe()?;
@@ -669,7 +698,7 @@ impl Shim {
             stdout: out_w,
             stderr: err_w,
         };
-        let pid = f(rt, child, None)?;
+        let reply = isolate::run(|| f(rt, child, None))?;
         for fd in [&in_w, &out_r, &err_r] {
             sio::set_nonblocking(fd.as_fd(), true)?;
         }
@@ -687,7 +716,7 @@ impl Shim {
             Pump::new(Some(out_r), out, log(Stream::Stdout)),
             Pump::new(Some(err_r), err, log(Stream::Stderr)),
         ];
-        Ok(pid)
+        Ok(reply)
     }
 
     fn start(&mut self, exec_id: &str) -> Result<u32> {
@@ -707,14 +736,20 @@ impl Shim {
             )));
         }
         let res = if exec_id.is_empty() {
-            rt.start(&self.id).map(|()| proc.pid)
+            let id = self.id.as_str();
+            isolate::run(|| rt.start(id).map(|()| Reply::default())).map(|_| proc.pid)
         } else {
             let spec = proc.spec.take().unwrap_or_default();
             let file = self.bundle.join(format!("exec-{exec_id}.json"));
             let id = self.id.clone();
             self.launch(&mut proc, rt, false, |rt, child, console| {
-                rt.exec(&id, &spec, &file, child, console)
+                let pid = rt.exec(&id, &spec, &file, child, console)?;
+                Ok(Reply {
+                    pid,
+                    ..Reply::default()
+                })
             })
+            .map(|r| r.pid)
         };
         match res {
             Ok(pid) => {
@@ -802,7 +837,14 @@ impl Shim {
     }
 
     fn pids(&self) -> Result<api::PidsResponse> {
-        let pids = self.with_runtime(|rt, id| rt.pids(id))?;
+        let pids = self
+            .isolated(|rt, id| {
+                rt.pids(id).map(|pids| Reply {
+                    pids,
+                    ..Reply::default()
+                })
+            })?
+            .pids;
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
@@ -823,12 +865,12 @@ impl Shim {
         let p = self.procs.get(exec_id).ok_or_else(|| not_found(exec_id))?;
         let mut status = p.status;
         if status == api::Status::Running && exec_id.is_empty() {
+            // v1's freezer.state says FROZEN, v2's cgroup.events has "frozen 1".
             let frozen = self
-                .cgroup_path
+                .freezer_file
                 .as_deref()
-                .and_then(|c| berth_runtime::cgroups::CgroupManager::load(c).ok())
-                .and_then(|c| c.is_frozen().ok())
-                .unwrap_or(false);
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .is_some_and(|t| t.trim() == "FROZEN" || t.lines().any(|l| l == "frozen 1"));
             if frozen {
                 status = api::Status::Paused;
             }
@@ -879,8 +921,16 @@ impl Shim {
             .cgroup_path
             .as_deref()
             .ok_or_else(|| Error::failed_precondition("the task has no cgroup"))?;
-        let s = berth_runtime::cgroups::CgroupManager::load(path)?.stats()?;
-        Ok(metrics(&s))
+        let reply = isolate::run(|| {
+            let s = berth_runtime::cgroups::CgroupManager::load(path)?.stats()?;
+            Ok(Reply {
+                metrics: Some(metrics(&s)),
+                ..Reply::default()
+            })
+        })?;
+        reply
+            .metrics
+            .ok_or_else(|| Error::internal("the runtime helper sent no metrics"))
     }
 
     fn update(&self, resources: &[u8]) -> Result<()> {
@@ -1027,6 +1077,34 @@ fn receive_master(listener: &UnixListener) -> Result<OwnedFd> {
         }
     }
     Err(Error::internal("the console socket carried no descriptor"))
+}
+
+/// The container's cgroup and the files the shim reads itself (OOM kills, frozen), found with
+/// the runtime's cgroup code in the create helper.
+fn cgroup_files(bundle: &Path, state_root: &Path, id: &str, binary: &str) -> Reply {
+    use berth_runtime::cgroups::{CgroupManager, CgroupMountSource};
+    let mut reply = Reply::default();
+    let Some(path) = cgroup_path(bundle, state_root, id, binary) else {
+        return reply;
+    };
+    if let Ok(cg) = CgroupManager::load(&path) {
+        for source in cg.mount_sources() {
+            let CgroupMountSource::Bind { name, host_dir } = source else {
+                continue;
+            };
+            let file = |f: &str| host_dir.join(f).to_string_lossy().into_owned();
+            if name.is_empty() {
+                reply.oom_file = file("memory.events");
+                reply.freezer_file = file("cgroup.events");
+            } else if name.split(',').any(|c| c == "memory") {
+                reply.oom_file = file("memory.oom_control");
+            } else if name.split(',').any(|c| c == "freezer") {
+                reply.freezer_file = file("freezer.state");
+            }
+        }
+    }
+    reply.cgroup = path;
+    reply
 }
 
 /// The container's cgroup: recorded by the built-in runtime, from the spec otherwise.
