@@ -72,8 +72,8 @@ impl LogFile {
     pub fn write(&mut self, stream: Stream, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let entry = format!(
-            "{{\"log\":{},\"stream\":\"{}\",\"time\":\"{}\"}}\n",
-            serde_json::Value::String(text.into_owned()),
+            "{{\"log\":\"{}\",\"stream\":\"{}\",\"time\":\"{}\"}}\n",
+            json_escape(&text),
             stream.name(),
             berth_runtime::state::now_rfc3339()
         );
@@ -97,6 +97,27 @@ impl LogFile {
             self.size = 0;
         }
     }
+}
+
+/// `s` as the inside of a JSON string (written by hand: serde_json's code would stay resident
+/// in every shim).
+fn json_escape(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A one-way copy from `src` to `dst` (either may be absent) and the log.
@@ -306,4 +327,18 @@ pub fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     }
     // SAFETY: `new` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escape_round_trips_through_a_json_parser() {
+        let nasty = "quote \" backslash \\ tab \t nl \n cr \r bell \u{7} nul \u{0} é 🐳";
+        let doc = format!("\"{}\"", json_escape(nasty));
+        let back: String = serde_json::from_str(&doc).unwrap();
+        assert_eq!(back, nasty);
+    }
 }

@@ -20,6 +20,12 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
 
+/// Parses an exec's OCI Process JSON (in a runtime helper: serde's code stays out of the shim).
+fn parse_process(spec: &[u8]) -> Result<Process> {
+    serde_json::from_slice(spec)
+        .map_err(|err| Error::invalid_argument(format!("exec process spec: {err}")))
+}
+
 use crate::io::{self as sio, LogFile, Pump, Stream};
 use crate::isolate::{self, Reply};
 use crate::runtime::{Builtin, ChildStdio, External, OciRuntime};
@@ -40,8 +46,8 @@ struct Proc {
     pumps: Vec<Pump>,
     /// pty master, for resizes.
     console: Option<OwnedFd>,
-    /// The process spec of an exec, until it is started.
-    spec: Option<Process>,
+    /// The process spec (OCI Process JSON) of an exec, until it is started.
+    spec: Option<Vec<u8>>,
     /// A daemon has taken this process's exit (TakeExits).
     exit_taken: bool,
 }
@@ -743,6 +749,7 @@ impl Shim {
             let file = self.bundle.join(format!("exec-{exec_id}.json"));
             let id = self.id.clone();
             self.launch(&mut proc, rt, false, |rt, child, console| {
+                let spec = parse_process(&spec)?;
                 let pid = rt.exec(&id, &spec, &file, child, console)?;
                 Ok(Reply {
                     pid,
@@ -802,10 +809,10 @@ impl Shim {
             Some(p) if p.status == api::Status::Running => {}
             _ => return Err(Error::failed_precondition("the task is not running")),
         }
-        let spec: Process = serde_json::from_slice(&e.spec)
-            .map_err(|err| Error::invalid_argument(format!("exec process spec: {err}")))?;
+        // Checked now, so a bad spec fails Exec rather than Start.
+        isolate::run(|| parse_process(&e.spec).map(|_| Reply::default()))?;
         let mut proc = Proc::new(e.stdio.unwrap_or_default());
-        proc.spec = Some(spec);
+        proc.spec = Some(e.spec);
         self.procs.insert(e.exec_id, proc);
         Ok(())
     }
@@ -934,9 +941,11 @@ impl Shim {
     }
 
     fn update(&self, resources: &[u8]) -> Result<()> {
-        let r: LinuxResources = serde_json::from_slice(resources)
-            .map_err(|e| Error::invalid_argument(format!("resources: {e}")))?;
-        self.with_runtime(|rt, id| rt.update(id, &r))
+        self.with_runtime(|rt, id| {
+            let r: LinuxResources = serde_json::from_slice(resources)
+                .map_err(|e| Error::invalid_argument(format!("resources: {e}")))?;
+            rt.update(id, &r)
+        })
     }
 
     fn shutdown(&mut self, now: bool) -> Result<()> {
