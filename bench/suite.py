@@ -27,7 +27,6 @@ import glob
 import hashlib
 import json
 import os
-import random
 import signal
 import socket
 import statistics
@@ -1099,7 +1098,6 @@ def main():
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, bail)
-    random.seed()
     suite = Suite(cfg, args.bin)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
