@@ -215,12 +215,33 @@ impl Drop for Daemon {
 
 /// Kills what a test's tasks left behind (a test that fails half-way leaves shims and their
 /// containers running): each shim's children (a container init, whose pid namespace dies with
-/// it), then the shim, then the rootfs mount and the container's cgroups.
+/// it), then the shim, then the rootfs mount and the container's cgroups, and last the empty
+/// per-namespace parent cgroups (`/<namespace>/<id>` is the default cgroupsPath, and neither
+/// containerd nor Berth removes the parent, so every test namespace would leave one behind).
 pub fn reap_tasks(state: &Path) {
     let Ok(namespaces) = std::fs::read_dir(state.join("tasks")) else {
         return;
     };
-    for ns in namespaces.flatten() {
+    let namespaces: Vec<_> = namespaces.flatten().collect();
+    reap_task_dirs(&namespaces);
+    for ns in &namespaces {
+        let name = ns.file_name();
+        // Shared with other daemons running in parallel: one of them may be creating a
+        // container under it right now.
+        if name == "default" {
+            continue;
+        }
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                // Fails (and is meant to) while anything is still under it.
+                let _ = std::fs::remove_dir(h.path().join(&name));
+            }
+        }
+    }
+}
+
+fn reap_task_dirs(namespaces: &[std::fs::DirEntry]) {
+    for ns in namespaces {
         let Ok(tasks) = std::fs::read_dir(ns.path()) else {
             continue;
         };
