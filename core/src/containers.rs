@@ -18,6 +18,10 @@ use crate::{Error, RequestContext, Result, identifiers};
 /// The type URL containerd's clients give a container's spec: OCI runtime-spec JSON.
 pub const RUNTIME_SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
+/// The label asking berthd to remove the container (task, snapshot, record) once its init
+/// exits, as `docker run -d --rm` does.
+pub const AUTO_REMOVE_LABEL: &str = "io.berth.auto-remove";
+
 /// The runtime that runs a container's task.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeInfo {

@@ -402,8 +402,8 @@ fn rm_refuses_a_running_container_and_rm_f_removes_it() {
 }
 
 #[test]
-fn run_rm_leaves_nothing_and_detached_rm_is_refused() {
-    let e = Env::new("rm");
+fn run_rm_leaves_nothing_attached_or_detached() {
+    let mut e = Env::new("rm");
     let id = unique("gone");
     e.run(&["--name", &id], &["true"]).ok();
     assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
@@ -415,11 +415,43 @@ fn run_rm_leaves_nothing_and_detached_rm_is_refused() {
     assert!(!out.output.status.success());
     assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
 
-    let err = e
-        .ctl(&["run", "-d", "--rm", &e.image, "sleep", "1"])
-        .fails();
-    assert!(err.contains("--rm with -d"), "{err}");
-    assert!(e.ps(true).is_empty(), "nothing was created");
+    // Detached: berthd removes it when it exits (log included), nobody else is left to.
+    let gone_within = |e: &Env, id: &str, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !e.leftovers(id).is_empty() {
+            assert!(Instant::now() < deadline, "{what}: {:?}", e.leftovers(id));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !e.d.root().join("logs").join(&e.ns).join(id).exists(),
+            "{what}: log left"
+        );
+    };
+    let auto = unique("auto");
+    e.ctl(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        &auto,
+        &e.image,
+        "sh",
+        "-c",
+        "echo bye; sleep 0.3",
+    ])
+    .ok();
+    gone_within(&e, &auto, "exit while berthd runs");
+
+    // The exit happens while berthd is down: the restarted daemon still removes it.
+    let later = unique("later");
+    e.ctl(&[
+        "run", "-d", "--rm", "--name", &later, &e.image, "sleep", "1",
+    ])
+    .ok();
+    e.d.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    e.d.restart();
+    gone_within(&e, &later, "exit while berthd was down");
 }
 
 #[test]

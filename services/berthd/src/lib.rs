@@ -4,6 +4,7 @@
 //! Tests run the daemon in-process through [`Daemon::open`] and [`serve`], or as a process
 //! through the binary.
 
+mod autoremove;
 pub mod config;
 mod plugins;
 
@@ -119,8 +120,16 @@ impl Daemon {
         })
     }
 
-    /// Reconnects to the shims a previous berthd left running (call once, before serving).
+    /// Starts removing `io.berth.auto-remove` containers as they exit, then reconnects to the
+    /// shims a previous berthd left running (call once, before serving; needs a tokio runtime).
     pub async fn recover_tasks(&self) -> Result<()> {
+        let s = &self.services;
+        autoremove::AutoRemove {
+            tasks: self.tasks.clone(),
+            containers: s.containers.clone(),
+            snapshots: s.snapshots.clone(),
+        }
+        .spawn(s.events.as_ref())?;
         self.tasks.recover().await
     }
 

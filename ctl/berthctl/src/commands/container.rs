@@ -16,6 +16,7 @@ use berth_client::leases::LeaseOptions;
 use berth_client::spec::{self, ImageConfig, Network, SpecOptions, User};
 use berth_client::tasks::CgroupStats;
 use berth_client::unpack::UnpackOptions;
+use berth_core::containers::AUTO_REMOVE_LABEL;
 use berth_core::containers::{Container, RUNTIME_SPEC_TYPE_URL};
 use berth_core::images::Image;
 use berth_core::labels::Labels;
@@ -624,14 +625,16 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> CmdResult {
 
 /// `berthctl run`.
 pub async fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
-    if args.detach && args.rm {
-        return Err(Error::invalid_argument(
-            "--rm with -d needs berthd to remove the container when it exits, which it \
-             cannot do: run it without --rm and remove it later with `berthctl rm`",
-        )
-        .into());
-    }
     let client = ctx.connect().await?;
+    let mut create = args.create;
+    if args.detach && args.rm {
+        // Nobody is left to remove it: berthd does, when the init exits. An attached run
+        // removes it itself, after it has the exit status.
+        create
+            .labels
+            .push((AUTO_REMOVE_LABEL.to_owned(), "true".to_owned()));
+    }
+    let args = RunArgs { create, ..args };
     let c = create_container(ctx, &client, &args.create).await?;
     if args.detach {
         if let Err(e) = create_task(&client, &c, None).await {
