@@ -54,6 +54,23 @@ set -e
 echo "(exit code $code: the container's)"
 [ "$code" = 3 ] || { echo "expected exit code 3" >&2; exit 1; }
 echo
+# The same with berthctl, Docker's way: a detached container, its logs, exec, stop, rm.
+echo "\$ berthctl run --rm demo.local/busybox:latest sh -c 'id; hostname; exit 4'"
+set +e
+$ctl -n "$ns" run --rm demo.local/busybox:latest sh -c 'id; hostname; exit 4'
+code=$?
+set -e
+echo "(exit code $code: the container's)"
+[ "$code" = 4 ] || { echo "expected exit code 4" >&2; exit 1; }
+echo
+run $ctl -n "$ns" run -d --name ticker demo.local/busybox:latest \
+    sh -c 'i=0; while [ $i -lt 3 ]; do echo tick $i; i=$((i+1)); sleep 0.2; done; sleep 1000'
+run $ctl -n "$ns" ps
+run $ctl -n "$ns" exec ticker cat /etc/hostname
+sleep 1
+run $ctl -n "$ns" logs -t ticker
+run $ctl -n "$ns" stop -t 1 ticker
+run $ctl -n "$ns" rm ticker
 run ctr --address "$sock" -n "$ns" images rm --sync demo.local/busybox:latest
 rm -rf "$img"
 run $ctl namespace rm "$ns"
