@@ -62,6 +62,8 @@ pub struct ExecOptions {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     root: PathBuf,
+    /// Where compiled seccomp filters are cached, if anywhere.
+    seccomp_cache: Option<PathBuf>,
 }
 
 /// Container ids are used as directory names: keep them to a safe alphabet, as runc does.
@@ -92,7 +94,17 @@ impl Runtime {
             .mode(0o700)
             .create(&root)
             .map_err(|e| Error::io(format!("create state root {}", root.display()), e))?;
-        Ok(Runtime { root })
+        Ok(Runtime {
+            root,
+            seccomp_cache: None,
+        })
+    }
+
+    /// Caches compiled seccomp filters in `dir` (see [`SeccompProgram::compile_cached`]): it
+    /// must be a directory only this user can write, shared by runtimes of the same trust.
+    pub fn with_seccomp_cache(mut self, dir: impl Into<PathBuf>) -> Runtime {
+        self.seccomp_cache = Some(dir.into());
+        self
     }
 
     /// The state root.
@@ -124,7 +136,7 @@ impl Runtime {
             )));
         }
         let spec = spec::load(&opts.bundle)?;
-        let plan = Plan::new(spec, &opts.bundle)?;
+        let plan = Plan::with_seccomp_cache(spec, &opts.bundle, self.seccomp_cache.as_deref())?;
         if plan.process.terminal && opts.console_socket.is_none() {
             return Err(Error::invalid_argument(
                 "process.terminal is set: --console-socket is required",
@@ -410,7 +422,10 @@ impl Runtime {
             .as_ref()
             .and_then(|l| l.seccomp().as_ref())
         {
-            Some(s) => Some(SeccompProgram::compile(s)?),
+            Some(s) => Some(SeccompProgram::compile_cached(
+                s,
+                self.seccomp_cache.as_deref(),
+            )?),
             None => None,
         };
         let listener = match (

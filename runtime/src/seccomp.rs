@@ -6,6 +6,7 @@
 //! anything itself, so its per-load work (allocation, API probing, NNP) stays out of init.
 //! [`docker_default_profile`] is Docker's default profile, for containers that ask for none.
 
+mod cache;
 mod default;
 
 pub use default::{docker_default_profile, docker_profile};
@@ -14,6 +15,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use berth_core::{Error, Result};
 use libseccomp::{
@@ -71,6 +73,16 @@ impl SeccompProgram {
     /// Rules left out while compiling, for the caller to log (runc logs and goes on likewise).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Compiles as [`SeccompProgram::compile`] does, reusing a program kept in the cache
+    /// directory `cache` (created 0700 when missing) when it holds a trustworthy one for this
+    /// profile, architecture, libseccomp and kernel. Without `cache`, it just compiles.
+    pub fn compile_cached(spec: &LinuxSeccomp, cache: Option<&Path>) -> Result<SeccompProgram> {
+        match cache {
+            Some(dir) => cache::compile_cached(spec, dir),
+            None => SeccompProgram::compile(spec),
+        }
     }
 
     /// Compiles the spec's filter for this machine's architecture plus `spec.architectures`.

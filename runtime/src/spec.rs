@@ -690,6 +690,16 @@ pub struct Plan {
 impl Plan {
     /// Validates `spec` for the bundle at `bundle`.
     pub fn new(spec: Spec, bundle: &Path) -> Result<Plan> {
+        Plan::with_seccomp_cache(spec, bundle, None)
+    }
+
+    /// As [`Plan::new`], with the seccomp filter taken from (or stored in) the cache directory
+    /// `seccomp_cache` (see [`SeccompProgram::compile_cached`]).
+    pub fn with_seccomp_cache(
+        spec: Spec,
+        bundle: &Path,
+        seccomp_cache: Option<&Path>,
+    ) -> Result<Plan> {
         let bundle = std::fs::canonicalize(bundle)
             .map_err(|e| Error::io(format!("bundle {}", bundle.display()), e))?;
         let version = spec.version();
@@ -863,7 +873,7 @@ impl Plan {
 
         let seccomp = match linux.seccomp() {
             Some(s) => {
-                let prog = SeccompProgram::compile(s)?;
+                let prog = SeccompProgram::compile_cached(s, seccomp_cache)?;
                 for w in prog.warnings() {
                     tracing::warn!("seccomp: {w}");
                 }

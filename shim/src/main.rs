@@ -26,12 +26,15 @@ struct Args {
     id: String,
     namespace: String,
     bundle: PathBuf,
+    /// Where the built-in runtime caches compiled seccomp filters (berthd's state dir).
+    seccomp_cache: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut id = None;
     let mut namespace = None;
     let mut bundle = None;
+    let mut seccomp_cache = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -39,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
             "--id" => id = Some(value()?),
             "--namespace" => namespace = Some(value()?),
             "--bundle" => bundle = Some(PathBuf::from(value()?)),
+            "--seccomp-cache" => seccomp_cache = Some(PathBuf::from(value()?)),
             "--version" => {
                 println!("berth-shim {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -50,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         id: id.ok_or("--id is required")?,
         namespace: namespace.ok_or("--namespace is required")?,
         bundle: bundle.ok_or("--bundle is required")?,
+        seccomp_cache,
     })
 }
 
@@ -61,7 +66,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match shim::run(args.id, args.namespace, args.bundle) {
+    match shim::run(args.id, args.namespace, args.bundle, args.seccomp_cache) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-shim: {e}");

@@ -100,11 +100,14 @@ pub struct Builtin {
 }
 
 impl Builtin {
-    /// A runtime keeping container state under `root`.
-    pub fn new(root: &Path) -> Result<Builtin> {
-        Ok(Builtin {
-            runtime: Runtime::new(root)?,
-        })
+    /// A runtime keeping container state under `root`, caching compiled seccomp filters in
+    /// `seccomp_cache` when given.
+    pub fn new(root: &Path, seccomp_cache: Option<&Path>) -> Result<Builtin> {
+        let mut runtime = Runtime::new(root)?;
+        if let Some(dir) = seccomp_cache {
+            runtime = runtime.with_seccomp_cache(dir);
+        }
+        Ok(Builtin { runtime })
     }
 }
 

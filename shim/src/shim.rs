@@ -99,6 +99,8 @@ struct Conn {
 struct Shim {
     id: String,
     bundle: PathBuf,
+    /// Passed to the built-in runtime: where compiled seccomp filters are cached.
+    seccomp_cache: Option<PathBuf>,
     runtime: Option<Box<dyn OciRuntime>>,
     procs: BTreeMap<String, Proc>,
     waiters: Vec<(usize, u64, String)>,
@@ -124,7 +126,12 @@ fn now_ns() -> i64 {
 }
 
 /// Runs the shim until it is shut down.
-pub fn run(id: String, _namespace: String, bundle: PathBuf) -> Result<()> {
+pub fn run(
+    id: String,
+    _namespace: String,
+    bundle: PathBuf,
+    seccomp_cache: Option<PathBuf>,
+) -> Result<()> {
     // Own session: the shim outlives berthd and must not get its terminal's signals.
     let _ = nix::unistd::setsid();
     nix::sys::prctl::set_child_subreaper(true)
@@ -159,6 +166,7 @@ pub fn run(id: String, _namespace: String, bundle: PathBuf) -> Result<()> {
     let mut shim = Shim {
         id,
         bundle,
+        seccomp_cache,
         runtime: None,
         procs: BTreeMap::new(),
         waiters: Vec::new(),
@@ -591,7 +599,7 @@ impl Shim {
         }
         let state_root = self.bundle.join("runtime");
         let runtime: Box<dyn OciRuntime> = if req.runtime_binary.is_empty() {
-            Box::new(Builtin::new(&state_root)?)
+            Box::new(Builtin::new(&state_root, self.seccomp_cache.as_deref())?)
         } else {
             Box::new(External::new(
                 PathBuf::from(&req.runtime_binary),
@@ -835,8 +843,11 @@ impl Shim {
             .get_mut(exec_id)
             .ok_or_else(|| not_found(exec_id))?;
         if let Some(stdin) = p.pumps.first_mut() {
+            // Only the shim's own writer goes: the FIFO then reads EOF once the client's
+            // writer is closed too and what it wrote has been read, and the pump closes the
+            // container's stdin after delivering it. Dropping the reader here lost whatever
+            // the client wrote just before CloseIO.
             stdin.keepalive = None;
-            stdin.src = None;
             stdin.close_dst_at_eof = true;
             stdin.on_writable();
         }

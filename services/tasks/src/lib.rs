@@ -76,6 +76,9 @@ pub struct LocalTasks {
     /// Itself, for shim event callbacks that must not keep the manager alive.
     me: std::sync::Weak<LocalTasks>,
     root: PathBuf,
+    /// Where shims' built-in runtime caches compiled seccomp filters: `<state>/seccomp-cache`,
+    /// beside `root` (not in it, where every directory is a namespace).
+    seccomp_cache: PathBuf,
     /// Where containers that ask for a log (`io.berth.log`) have it: `<logs>/<ns>/<id>/`.
     logs_dir: Option<PathBuf>,
     shim_binary: PathBuf,
@@ -113,6 +116,11 @@ fn stdio(io: &TaskIo) -> api::Stdio {
     }
 }
 
+/// `<state>/seccomp-cache` for tasks under `<state>/tasks`.
+fn seccomp_cache_dir(root: &Path) -> PathBuf {
+    root.parent().unwrap_or(root).join("seccomp-cache")
+}
+
 impl LocalTasks {
     /// Tasks under `root` (`<state>/tasks`), run by the shim at `shim_binary`; container logs
     /// under `logs_dir` (none are kept without one).
@@ -131,6 +139,7 @@ impl LocalTasks {
             .unwrap_or_else(|| PathBuf::from("berth-runc"));
         Ok(Arc::new_cyclic(|me| LocalTasks {
             me: me.clone(),
+            seccomp_cache: seccomp_cache_dir(&root),
             root,
             logs_dir,
             shim_binary,
@@ -250,6 +259,8 @@ impl LocalTasks {
         let mut child = tokio::process::Command::new(&self.shim_binary)
             .args(["--id", id, "--namespace", ns, "--bundle"])
             .arg(dir)
+            .arg("--seccomp-cache")
+            .arg(&self.seccomp_cache)
             .current_dir(dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
