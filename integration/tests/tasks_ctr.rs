@@ -135,6 +135,45 @@ fn a_detached_task_is_listed_execs_pauses_and_is_killed() {
     assert!(task_status(&d, &ns, &id).is_none());
 }
 
+#[test]
+fn exec_stdin_reaches_the_process_whole_before_it_is_closed() {
+    let ns = unique("stdin");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let id = unique("c");
+    ctr(&d, &ns, &["run", "-d", &image.name, &id, "sleep", "1000"]).ok();
+    wait_status(&d, &ns, &id, "RUNNING");
+    // ctr closes its FIFO writer and calls CloseIO as soon as its stdin ends; whatever is
+    // still in the FIFO then must reach the process before its stdin closes. Several rounds,
+    // sizes past the FIFO's 64 KiB, because losing the tail was a race.
+    for round in 0..6 {
+        let data: String = berth_integration::random_bytes(100_000 + round * 7_919)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let exec_id = format!("in{round}");
+        let out = d.ctr_stdin(
+            &[
+                "-n",
+                &ns,
+                "tasks",
+                "exec",
+                "--exec-id",
+                &exec_id,
+                &id,
+                "cat",
+            ],
+            data.as_bytes(),
+        );
+        assert!(out.output.status.success(), "{}", out.stderr());
+        assert_eq!(out.stdout().len(), data.len(), "round {round}: bytes lost");
+        assert!(out.stdout() == data, "round {round}: bytes changed");
+    }
+    ctr(&d, &ns, &["tasks", "kill", "-s", "SIGKILL", &id]).ok();
+    wait_status(&d, &ns, &id, "STOPPED");
+    ctr(&d, &ns, &["tasks", "rm", &id]).ok();
+    ctr(&d, &ns, &["containers", "rm", &id]).ok();
+}
+
 /// The pid of task `id`, from `ctr tasks ls`.
 fn task_pid(d: &Daemon, ns: &str, id: &str) -> i32 {
     let ls = ctr(d, ns, &["tasks", "ls"]).ok();
