@@ -22,6 +22,10 @@ pub const RUNTIME_SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runt
 /// exits, as `docker run -d --rm` does.
 pub const AUTO_REMOVE_LABEL: &str = "io.berth.auto-remove";
 
+/// The label asking berthd to write `etc/hostname`, `etc/hosts` and `etc/resolv.conf` into the
+/// task's bundle, for the spec to bind-mount (bundle-relative sources).
+pub const ETC_FILES_LABEL: &str = "io.berth.etc-files";
+
 /// The runtime that runs a container's task.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeInfo {

@@ -15,6 +15,8 @@ pub const LOG_LABEL: &str = "io.berth.log";
 pub const LOG_JSON_FILE: &str = "json-file";
 /// The label bounding the log's size in bytes before it is rotated.
 pub const LOG_MAX_SIZE_LABEL: &str = "io.berth.log.max-size";
+/// The log's size limit when the container does not set one (10 MiB).
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
 
 /// Which stream a log entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

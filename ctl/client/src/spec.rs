@@ -26,11 +26,8 @@ use serde_json::{Value, json};
 use crate::client::Client;
 use crate::unpack::{read_json, resolve_manifest};
 
-/// The label asking berthd to keep the container's stdout/stderr as JSON lines.
-pub const LABEL_LOG: &str = "io.berth.log";
-/// The label asking berthd to write `etc/hostname`, `etc/hosts` and `etc/resolv.conf` into the
-/// bundle at task creation.
-pub const LABEL_ETC_FILES: &str = "io.berth.etc-files";
+pub use berth_core::containers::ETC_FILES_LABEL as LABEL_ETC_FILES;
+pub use berth_core::logs::LOG_LABEL as LABEL_LOG;
 /// The runtime name containers are created with (ctr's default; Berth's shim serves it).
 pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
 /// The type URL of containerd's runc runtime options.
@@ -195,7 +192,10 @@ pub struct SpecOptions {
 /// by berthd, plus the user's own.
 pub fn container_labels(user: &Labels) -> Labels {
     let mut labels = user.clone();
-    labels.insert(LABEL_LOG.to_owned(), "json-file".to_owned());
+    labels.insert(
+        LABEL_LOG.to_owned(),
+        berth_core::logs::LOG_JSON_FILE.to_owned(),
+    );
     labels.insert(LABEL_ETC_FILES.to_owned(), "true".to_owned());
     labels
 }

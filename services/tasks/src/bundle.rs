@@ -9,16 +9,8 @@ use std::path::{Path, PathBuf};
 
 use berth_core::{Error, Result};
 
-/// The label asking for the container's output to be logged; its one value is [`LOG_JSON_FILE`].
-pub const LOG_LABEL: &str = "io.berth.log";
-/// Docker's json-file format, the only log format.
-pub const LOG_JSON_FILE: &str = "json-file";
-/// The label bounding the log (decimal bytes) before it is rotated to `container.log.1`.
-pub const LOG_MAX_SIZE_LABEL: &str = "io.berth.log.max-size";
-/// The log's size limit when the container does not set one (10 MiB).
-pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
-/// The label asking for `etc/hostname`, `etc/hosts` and `etc/resolv.conf` in the bundle.
-pub const ETC_FILES_LABEL: &str = "io.berth.etc-files";
+pub use berth_core::containers::ETC_FILES_LABEL;
+pub use berth_core::logs::{DEFAULT_LOG_MAX_SIZE, LOG_JSON_FILE, LOG_LABEL, LOG_MAX_SIZE_LABEL};
 
 /// The resolvers a container with its own network gets when the host only has local ones
 /// (which it cannot reach), as Docker does.
