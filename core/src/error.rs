@@ -55,6 +55,34 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// Every class, `Unknown` last.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::FailedPrecondition,
+        ErrorKind::Unavailable,
+        ErrorKind::NotImplemented,
+        ErrorKind::OutOfRange,
+        ErrorKind::DataLoss,
+        ErrorKind::Canceled,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Internal,
+        ErrorKind::Unknown,
+    ];
+
+    /// The class named `name` (as [`ErrorKind::as_str`] spells it), `Unknown` for any other
+    /// name: how an error's class travels through a pipe or a socket and back.
+    pub fn from_name(name: &str) -> ErrorKind {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .unwrap_or(ErrorKind::Unknown)
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -175,6 +203,14 @@ impl<T> ResultExt<T> for Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_names_round_trip() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), kind);
+        }
+        assert_eq!(ErrorKind::from_name("no such class"), ErrorKind::Unknown);
+    }
 
     #[test]
     fn display_includes_cause_and_context() {

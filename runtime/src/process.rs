@@ -182,7 +182,9 @@ impl Channel {
 
     fn expect(&self, what: &str, want: impl Fn(&SyncMsg) -> bool) -> Result<SyncMsg> {
         match self.recv()? {
-            Some(SyncMsg::Error { kind, message }) => Err(Error::new(kind_from(&kind), message)),
+            Some(SyncMsg::Error { kind, message }) => {
+                Err(Error::new(ErrorKind::from_name(&kind), message))
+            }
             Some(m) if want(&m) => Ok(m),
             Some(m) => Err(Error::internal(format!(
                 "sync channel: expected {what}, got {m:?}"
@@ -192,26 +194,6 @@ impl Channel {
             ))),
         }
     }
-}
-
-fn kind_from(name: &str) -> ErrorKind {
-    [
-        ErrorKind::InvalidArgument,
-        ErrorKind::NotFound,
-        ErrorKind::AlreadyExists,
-        ErrorKind::FailedPrecondition,
-        ErrorKind::Unavailable,
-        ErrorKind::NotImplemented,
-        ErrorKind::OutOfRange,
-        ErrorKind::DataLoss,
-        ErrorKind::Canceled,
-        ErrorKind::DeadlineExceeded,
-        ErrorKind::PermissionDenied,
-        ErrorKind::Internal,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == name)
-    .unwrap_or(ErrorKind::Unknown)
 }
 
 fn error_msg(e: &Error) -> SyncMsg {
@@ -363,7 +345,7 @@ fn parent_side(
             }
             Some(SyncMsg::Child { pid }) => break pid,
             Some(SyncMsg::Error { kind, message }) => {
-                return Err(Error::new(kind_from(&kind), message));
+                return Err(Error::new(ErrorKind::from_name(&kind), message));
             }
             Some(m) => {
                 return Err(Error::internal(format!(
@@ -397,7 +379,7 @@ fn parent_side(
         match ch.recv_with_fds()? {
             None => return Ok(pid),
             Some((SyncMsg::Error { kind, message }, _)) => {
-                return Err(Error::new(kind_from(&kind), message));
+                return Err(Error::new(ErrorKind::from_name(&kind), message));
             }
             Some((SyncMsg::SeccompListener, fds)) => {
                 let listener = match stage {
@@ -598,7 +580,7 @@ fn intermediate(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Result<()> {
                 sources = MountSources::from_plan(plan, trees)?;
             }
             Some((SyncMsg::Error { kind, message }, _)) => {
-                return Err(Error::new(kind_from(&kind), message));
+                return Err(Error::new(ErrorKind::from_name(&kind), message));
             }
             other => {
                 return Err(Error::internal(format!(

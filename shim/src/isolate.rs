@@ -43,26 +43,6 @@ pub struct Reply {
     pub metrics: Option<api::Metrics>,
 }
 
-fn kind_from(name: &str) -> ErrorKind {
-    [
-        ErrorKind::InvalidArgument,
-        ErrorKind::NotFound,
-        ErrorKind::AlreadyExists,
-        ErrorKind::FailedPrecondition,
-        ErrorKind::Unavailable,
-        ErrorKind::NotImplemented,
-        ErrorKind::OutOfRange,
-        ErrorKind::DataLoss,
-        ErrorKind::Canceled,
-        ErrorKind::DeadlineExceeded,
-        ErrorKind::PermissionDenied,
-        ErrorKind::Internal,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == name)
-    .unwrap_or(ErrorKind::Unknown)
-}
-
 /// Runs `f` in a forked child and returns its reply (an error it returned comes back as the
 /// same kind and message).
 pub fn run(f: impl FnOnce() -> Result<Reply>) -> Result<Reply> {
@@ -96,7 +76,7 @@ pub fn run(f: impl FnOnce() -> Result<Reply>) -> Result<Reply> {
             while let Err(nix::errno::Errno::EINTR) = waitpid(child, None) {}
             let reply = reply?;
             match reply.error {
-                Some(e) => Err(Error::new(kind_from(&e.kind), e.message)),
+                Some(e) => Err(Error::new(ErrorKind::from_name(&e.kind), e.message)),
                 None => Ok(reply),
             }
         }

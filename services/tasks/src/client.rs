@@ -22,26 +22,6 @@ pub struct ShimClient {
     next: AtomicU64,
 }
 
-fn kind_from(name: &str) -> ErrorKind {
-    [
-        ErrorKind::InvalidArgument,
-        ErrorKind::NotFound,
-        ErrorKind::AlreadyExists,
-        ErrorKind::FailedPrecondition,
-        ErrorKind::Unavailable,
-        ErrorKind::NotImplemented,
-        ErrorKind::OutOfRange,
-        ErrorKind::DataLoss,
-        ErrorKind::Canceled,
-        ErrorKind::DeadlineExceeded,
-        ErrorKind::PermissionDenied,
-        ErrorKind::Internal,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == name)
-    .unwrap_or(ErrorKind::Unknown)
-}
-
 impl ShimClient {
     /// Connects to the shim at `socket`; `on_event` gets every event it pushes. The returned
     /// future of the reader ends when the shim closes the connection.
@@ -126,7 +106,7 @@ impl ShimClient {
             .await
             .map_err(|_| Error::new(ErrorKind::Unavailable, "the shim went away"))?;
         match resp.error {
-            Some(e) => Err(Error::new(kind_from(&e.kind), e.message)),
+            Some(e) => Err(Error::new(ErrorKind::from_name(&e.kind), e.message)),
             None => Ok(resp.body),
         }
     }
