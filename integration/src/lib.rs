@@ -206,6 +206,27 @@ impl Daemon {
     }
 }
 
+/// A name unique to this test process and call, `<tag>-<pid>-<n>`: the namespaces and
+/// container ids of daemon tests (the harness removes a namespace's cgroups by its name).
+pub fn unique(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{tag}-{}-{n}", std::process::id())
+}
+
+/// A daemon with the one-layer busybox test image imported (and unpacked) by `ctr` in
+/// namespace `ns`; the directory holds the image archive and must outlive the test.
+pub fn daemon_with_image(ns: &str) -> (Daemon, testimage::TestImage, TempDir) {
+    let d = Daemon::start();
+    let image = testimage::TestImage::one_layer();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let archive = dir.path().join("image.tar");
+    image.write_oci_archive(&archive);
+    let archive = archive.to_string_lossy().into_owned();
+    d.ctr(&["-n", ns, "images", "import", &archive]).ok();
+    (d, image, dir)
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();

@@ -7,18 +7,8 @@
 use std::time::{Duration, Instant};
 
 use berth_integration::testimage::TestImage;
-use berth_integration::{CmdOutput, Daemon};
+use berth_integration::{CmdOutput, Daemon, unique};
 use serde_json::Value;
-
-static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-fn unique(tag: &str) -> String {
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    )
-}
 
 /// A daemon with the busybox test image imported in namespace `ns`.
 struct Env {

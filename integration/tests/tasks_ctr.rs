@@ -4,30 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_integration::testimage::TestImage;
-use berth_integration::{CmdOutput, Daemon};
-
-static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-fn unique(tag: &str) -> String {
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    )
-}
-
-/// A daemon with the busybox test image imported (and unpacked) in namespace `ns`.
-fn daemon_with_image(ns: &str) -> (Daemon, TestImage, tempfile::TempDir) {
-    let d = Daemon::start();
-    let image = TestImage::one_layer();
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("image.tar");
-    image.write_oci_archive(&archive);
-    d.ctr(&["-n", ns, "images", "import", archive.to_str().unwrap()])
-        .ok();
-    (d, image, dir)
-}
+use berth_integration::{CmdOutput, Daemon, daemon_with_image, unique};
 
 fn ctr(d: &Daemon, ns: &str, args: &[&str]) -> CmdOutput {
     let mut all = vec!["-n", ns];
