@@ -264,6 +264,21 @@ impl Env {
     }
 
     /// Whether the container's snapshot, record or task directory is still there.
+    /// Waits until berthd has removed container `id` and everything it had, log included.
+    fn wait_removed(&self, id: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.leftovers(id).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {:?}",
+                self.leftovers(id)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = self.d.root().join("logs").join(&self.ns).join(id);
+        assert!(!log.exists(), "{what}: log left");
+    }
+
     fn leftovers(&self, id: &str) -> Vec<String> {
         let mut left = Vec::new();
         if self.ps(true).contains(&id.to_owned()) {
@@ -406,17 +421,6 @@ fn run_rm_leaves_nothing_attached_or_detached() {
     assert!(e.leftovers(&id).is_empty(), "{:?}", e.leftovers(&id));
 
     // Detached: berthd removes it when it exits (log included), nobody else is left to.
-    let gone_within = |e: &Env, id: &str, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !e.leftovers(id).is_empty() {
-            assert!(Instant::now() < deadline, "{what}: {:?}", e.leftovers(id));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(
-            !e.d.root().join("logs").join(&e.ns).join(id).exists(),
-            "{what}: log left"
-        );
-    };
     let auto = unique("auto");
     e.ctl(&[
         "run",
@@ -430,7 +434,7 @@ fn run_rm_leaves_nothing_attached_or_detached() {
         "echo bye; sleep 0.3",
     ])
     .ok();
-    gone_within(&e, &auto, "exit while berthd runs");
+    e.wait_removed(&auto, "exit while berthd runs");
 
     // The exit happens while berthd is down: the restarted daemon still removes it.
     let later = unique("later");
@@ -441,7 +445,46 @@ fn run_rm_leaves_nothing_attached_or_detached() {
     e.d.kill9();
     std::thread::sleep(Duration::from_millis(1500));
     e.d.restart();
-    gone_within(&e, &later, "exit while berthd was down");
+    e.wait_removed(&later, "exit while berthd was down");
+}
+
+#[test]
+fn a_detached_rm_container_whose_shim_died_is_removed_after_a_restart() {
+    let mut e = Env::new("deadrm");
+    let id = unique("c");
+    e.ctl(&[
+        "run", "-d", "--rm", "--name", &id, &e.image, "sleep", "1000",
+    ])
+    .ok();
+    e.wait_state(&id, "running");
+    let init = e.inspect(&id)["task"]["pid"].as_u64().unwrap() as u32;
+    let task_dir = e.d.state().join("tasks").join(&e.ns).join(&id);
+    let shim: u32 = std::fs::read_to_string(task_dir.join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Both die; the container's process does not (a shim's death kills nothing).
+    e.d.kill9();
+    berth_integration::signal(shim, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::path::Path::new(&format!("/proc/{init}")).exists());
+    e.d.restart();
+    // Recovery force-deletes the container and reports its exit (255, unknown); auto-remove
+    // then removes the rest.
+    e.wait_removed(&id, "dead shim");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{init}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{init}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the container's init {init} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

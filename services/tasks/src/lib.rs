@@ -334,6 +334,19 @@ impl LocalTasks {
                     Err(_) => {
                         tracing::warn!(id, "shim is gone: cleaning up its task");
                         self.cleanup_dead(&id, &dir).await;
+                        // The real exit died with the shim. As containerd does after a dead
+                        // shim, the task is reported exited with status 255 now, so whoever
+                        // waits on the container (auto-remove, event watchers) hears of it.
+                        if self.containers.get(&ctx, &id).is_ok() {
+                            let exit = ev::TaskExit {
+                                container_id: id.clone(),
+                                id: id.clone(),
+                                pid: 0,
+                                exit_status: 255,
+                                exited_at: Some(timestamp(SystemTime::now())),
+                            };
+                            self.publish(&ns, "/tasks/exit", any(&exit));
+                        }
                     }
                 }
             }
