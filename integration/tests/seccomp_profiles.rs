@@ -31,7 +31,10 @@ fn client_and_runtime_render_the_same_docker_profile() {
             serde_json::to_value(berth_runtime::seccomp::docker_profile(mask(&caps))).unwrap();
         assert_eq!(client, runtime, "{what}");
         // Not vacuous: the rules really follow the capabilities.
-        assert!(client["syscalls"].as_array().is_some_and(|r| !r.is_empty()), "{what}");
+        assert!(
+            client["syscalls"].as_array().is_some_and(|r| !r.is_empty()),
+            "{what}"
+        );
     }
     let none = berth_client::spec::seccomp_profile(&[]).unwrap();
     let admin = berth_client::spec::seccomp_profile(&["CAP_SYS_ADMIN".to_owned()]).unwrap();
