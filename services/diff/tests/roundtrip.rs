@@ -39,6 +39,9 @@ fn base_layer() -> Vec<u8> {
         .file("opq/a", 0o644, b"a")
         .file("opq/b", 0o644, b"b")
         .symlink("link", "etc/grow")
+        // Explicit, so its mtime comes from the layer: a parent the applier has to
+        // make itself gets the current time, which differs between the trees.
+        .dir("hl", 0o755)
         .file("hl/one", 0o644, b"shared")
         .hardlink("hl/two", "hl/one")
         .dir("modes", 0o755);
