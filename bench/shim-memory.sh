@@ -14,8 +14,9 @@ cd "$repo_root"
 log() { printf 'bench: %s\n' "$*" >&2; }
 
 scripts/setup.sh >&2
-log "building berthd and berth-shim (release)"
-cargo build --release -q -p berthd -p berth-shim
+log "building berthd (release) and the shim as shipped (scripts/build-shim.sh)"
+cargo build --release -q -p berthd
+scripts/build-shim.sh
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 bin=$target_dir/release
 

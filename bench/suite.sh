@@ -37,7 +37,9 @@ fi
 # build); the JSON records it.
 if [ "${BUILD:-1}" = 1 ]; then
     log "building release binaries (berthd, berth-shim, berth-runc, berthctl, make_big_image)"
-    cargo build --release -q -p berthd -p berth-shim -p berth-runtime -p berthctl
+    cargo build --release -q -p berthd -p berth-runtime -p berthctl
+    # The shim as shipped (static, hot code ordered), next to the release berthd.
+    scripts/build-shim.sh
     cargo build --release -q -p berth-integration --example make_big_image
 else
     log "BUILD=0: using the release binaries already built"

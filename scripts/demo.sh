@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-# berthd starts berth-shim from its own directory.
-cargo build --release -p berthd -p berthctl -p berth-shim
+# berthd starts berth-shim from its own directory; scripts/build-shim.sh puts the shim as
+# shipped (static, hot code ordered) there.
+cargo build --release -p berthd -p berthctl
+scripts/build-shim.sh
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 
 sock=$("$bin/berthd" config dump | sed -n 's/^address = "\(.*\)"/\1/p')

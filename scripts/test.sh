@@ -15,5 +15,8 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins
 
+echo "== the shim as shipped (static, hot code ordered; tests/shim_shipped.rs runs it)"
+INSTALL=0 scripts/build-shim.sh
+
 echo "== cargo test"
 cargo test --workspace --all-features

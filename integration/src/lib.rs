@@ -45,6 +45,7 @@ pub struct Daemon {
     dir: TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    berthd: PathBuf,
 }
 
 impl Daemon {
@@ -55,6 +56,11 @@ impl Daemon {
 
     /// Starts a daemon with extra command-line arguments.
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_binary(bin("berthd"), extra_args)
+    }
+
+    /// Starts the berthd at `berthd` (which runs the `berth-shim` beside it).
+    pub fn start_binary(berthd: PathBuf, extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-it-")
             .tempdir()
@@ -63,6 +69,7 @@ impl Daemon {
             dir,
             child: None,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            berthd,
         };
         daemon.spawn();
         daemon
@@ -110,7 +117,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("berthd.log"))
             .expect("open log");
-        let child = Command::new(bin("berthd"))
+        let child = Command::new(&self.berthd)
             .args(self.args())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -217,7 +224,12 @@ pub fn unique(tag: &str) -> String {
 /// A daemon with the one-layer busybox test image imported (and unpacked) by `ctr` in
 /// namespace `ns`; the directory holds the image archive and must outlive the test.
 pub fn daemon_with_image(ns: &str) -> (Daemon, testimage::TestImage, TempDir) {
-    let d = Daemon::start();
+    import_test_image(Daemon::start(), ns)
+}
+
+/// Imports the one-layer busybox test image into `d` in namespace `ns` (see
+/// [`daemon_with_image`]).
+pub fn import_test_image(d: Daemon, ns: &str) -> (Daemon, testimage::TestImage, TempDir) {
     let image = testimage::TestImage::one_layer();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let archive = dir.path().join("image.tar");
