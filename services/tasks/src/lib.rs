@@ -8,6 +8,7 @@
 //! berthd.
 
 mod bundle;
+mod cgroup_warm;
 mod client;
 
 use std::collections::HashMap;
@@ -493,6 +494,8 @@ impl LocalTasks {
         binary: &str,
     ) -> Result<u32> {
         let id = req.container_id.as_str();
+        // The runtime moves the init into its cgroups in a few ms; start the kernel's wait now.
+        cgroup_warm::prime();
         std::fs::write(dir.join("config.json"), spec)
             .map_err(|e| Error::io("write config.json", e))?;
         // Which runtime holds the container, for the clean-up after a dead shim.
@@ -831,6 +834,8 @@ impl TaskManager for LocalTasks {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let task = self.checked(ctx, id, "", TaskOp::Exec).await?;
+            // The exec'd process joins the container's cgroups: see create_in.
+            cgroup_warm::prime();
             task.client
                 .call(api::request::Body::Exec(api::ExecRequest {
                     exec_id: exec_id.to_owned(),
