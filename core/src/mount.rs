@@ -105,6 +105,77 @@ fn common_parent(paths: &[&str]) -> Option<String> {
     Some(format!("/{}", first[..len].join("/")))
 }
 
+/// What one mount option string does to a mount(2) call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionEffect {
+    /// Sets and clears `MS_*` flag bits (`ro`, `nosuid`, `rbind`, `norelatime`…).
+    Flags {
+        /// Bits to set.
+        set: libc::c_ulong,
+        /// Bits to clear.
+        clear: libc::c_ulong,
+    },
+    /// A propagation change (`rslave`…), which needs a mount(2) call of its own.
+    Propagation(libc::c_ulong),
+    /// Accepted and without effect (`defaults`).
+    None,
+    /// Not a flag: filesystem data (`lowerdir=…`) or an option the caller knows itself.
+    Other,
+}
+
+/// The effect of one option as mount(8) and the OCI runtime spec name them, so every place
+/// that turns options into a mount(2) call reads them the same way.
+pub fn option_effect(opt: &str) -> OptionEffect {
+    use libc::*;
+    let (set, clear): (c_ulong, c_ulong) = match opt {
+        "bind" => (MS_BIND, 0),
+        "rbind" => (MS_BIND | MS_REC, 0),
+        "ro" => (MS_RDONLY, 0),
+        "rw" => (0, MS_RDONLY),
+        "nosuid" => (MS_NOSUID, 0),
+        "suid" => (0, MS_NOSUID),
+        "nodev" => (MS_NODEV, 0),
+        "dev" => (0, MS_NODEV),
+        "noexec" => (MS_NOEXEC, 0),
+        "exec" => (0, MS_NOEXEC),
+        "sync" => (MS_SYNCHRONOUS, 0),
+        "async" => (0, MS_SYNCHRONOUS),
+        "dirsync" => (MS_DIRSYNC, 0),
+        "remount" => (MS_REMOUNT, 0),
+        "mand" => (MS_MANDLOCK, 0),
+        "nomand" => (0, MS_MANDLOCK),
+        "atime" => (0, MS_NOATIME),
+        "noatime" => (MS_NOATIME, 0),
+        "diratime" => (0, MS_NODIRATIME),
+        "nodiratime" => (MS_NODIRATIME, 0),
+        "relatime" => (MS_RELATIME, 0),
+        "norelatime" => (0, MS_RELATIME),
+        "strictatime" => (MS_STRICTATIME, 0),
+        "nostrictatime" => (0, MS_STRICTATIME),
+        "silent" => (MS_SILENT, 0),
+        "loud" => (0, MS_SILENT),
+        "acl" => (MS_POSIXACL, 0),
+        "noacl" => (0, MS_POSIXACL),
+        "iversion" => (MS_I_VERSION, 0),
+        "noiversion" => (0, MS_I_VERSION),
+        "lazytime" => (MS_LAZYTIME, 0),
+        "nolazytime" => (0, MS_LAZYTIME),
+        "nosymfollow" => (MS_NOSYMFOLLOW, 0),
+        "symfollow" => (0, MS_NOSYMFOLLOW),
+        "defaults" => return OptionEffect::None,
+        "private" => return OptionEffect::Propagation(MS_PRIVATE),
+        "rprivate" => return OptionEffect::Propagation(MS_PRIVATE | MS_REC),
+        "shared" => return OptionEffect::Propagation(MS_SHARED),
+        "rshared" => return OptionEffect::Propagation(MS_SHARED | MS_REC),
+        "slave" => return OptionEffect::Propagation(MS_SLAVE),
+        "rslave" => return OptionEffect::Propagation(MS_SLAVE | MS_REC),
+        "unbindable" => return OptionEffect::Propagation(MS_UNBINDABLE),
+        "runbindable" => return OptionEffect::Propagation(MS_UNBINDABLE | MS_REC),
+        _ => return OptionEffect::Other,
+    };
+    OptionEffect::Flags { set, clear }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +238,31 @@ mod tests {
         let (dir, c) = overlay(&["/r/a", "/r/a/b"]).compact_lowerdirs().unwrap();
         assert_eq!(dir, "/r");
         assert_eq!(c.option_value("lowerdir"), Some("a:a/b"));
+    }
+
+    #[test]
+    fn options_map_to_flags_propagation_or_data() {
+        use libc::*;
+        assert_eq!(
+            option_effect("rbind"),
+            OptionEffect::Flags {
+                set: MS_BIND | MS_REC,
+                clear: 0
+            }
+        );
+        assert_eq!(
+            option_effect("rw"),
+            OptionEffect::Flags {
+                set: 0,
+                clear: MS_RDONLY
+            }
+        );
+        assert_eq!(
+            option_effect("rslave"),
+            OptionEffect::Propagation(MS_SLAVE | MS_REC)
+        );
+        assert_eq!(option_effect("defaults"), OptionEffect::None);
+        assert_eq!(option_effect("lowerdir=/a:/b"), OptionEffect::Other);
+        assert_eq!(option_effect("rro"), OptionEffect::Other);
     }
 }

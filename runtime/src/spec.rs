@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Component, Path, PathBuf};
 
+use berth_core::mount::{OptionEffect, option_effect};
 use berth_core::{Error, ErrorKind, Result};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
@@ -163,75 +164,37 @@ impl MountPlan {
         let mut recursive: Option<MountAttr> = None;
         let mut idmap_recursive: Option<bool> = None;
         for opt in m.options().iter().flatten() {
-            let (set, clear) = match opt.as_str() {
-                "bind" => {
-                    bind = true;
-                    (MsFlags::MS_BIND, MsFlags::empty())
+            let (set, clear) = match option_effect(opt) {
+                OptionEffect::Flags { set, clear } => {
+                    bind |= set & libc::MS_BIND != 0;
+                    (
+                        MsFlags::from_bits_retain(set),
+                        MsFlags::from_bits_retain(clear),
+                    )
                 }
-                "rbind" => {
-                    bind = true;
-                    (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
-                }
-                "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-                "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-                "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-                "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-                "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-                "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-                "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-                "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-                "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-                "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
-                "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
-                "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
-                "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
-                "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
-                "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
-                "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
-                "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-                "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-                "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
-                "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-                "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
-                "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
-                "acl" => (MsFlags::MS_POSIXACL, MsFlags::empty()),
-                "noacl" => (MsFlags::empty(), MsFlags::MS_POSIXACL),
-                "iversion" => (MsFlags::MS_I_VERSION, MsFlags::empty()),
-                "noiversion" => (MsFlags::empty(), MsFlags::MS_I_VERSION),
-                "lazytime" => (MsFlags::MS_LAZYTIME, MsFlags::empty()),
-                "nolazytime" => (MsFlags::empty(), MsFlags::MS_LAZYTIME),
-                "defaults" => continue,
-                "loud" => (MsFlags::empty(), MsFlags::MS_SILENT),
-                "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
-                | "unbindable" | "runbindable" => {
-                    propagation.push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
+                OptionEffect::Propagation(p) => {
+                    propagation.push(MsFlags::from_bits_retain(p));
                     continue;
                 }
-                "nosymfollow" => (
-                    MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
-                    MsFlags::empty(),
-                ),
-                "symfollow" => (
-                    MsFlags::empty(),
-                    MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
-                ),
-                // Options runc accepts that need no action here.
-                "tmpcopyup" | "norbind" => continue,
-                "idmap" | "ridmap" => {
-                    idmap_recursive = Some(opt == "ridmap");
-                    continue;
-                }
-                other if other.starts_with('r') && is_recursive_attr(other) => {
-                    let (set, clear) = recursive_attr(other);
-                    let attr = recursive.get_or_insert_with(MountAttr::default);
-                    attr.add(set, clear);
-                    continue;
-                }
-                _ => {
-                    data.push(opt.clone());
-                    continue;
-                }
+                OptionEffect::None => continue,
+                OptionEffect::Other => match opt.as_str() {
+                    // Options runc accepts that need no action here.
+                    "tmpcopyup" | "norbind" => continue,
+                    "idmap" | "ridmap" => {
+                        idmap_recursive = Some(opt == "ridmap");
+                        continue;
+                    }
+                    other if other.starts_with('r') && is_recursive_attr(other) => {
+                        let (set, clear) = recursive_attr(other);
+                        let attr = recursive.get_or_insert_with(MountAttr::default);
+                        attr.add(set, clear);
+                        continue;
+                    }
+                    _ => {
+                        data.push(opt.clone());
+                        continue;
+                    }
+                },
             };
             flags |= set;
             flags &= !clear;
@@ -417,17 +380,10 @@ fn is_recursive_attr(opt: &str) -> bool {
 
 /// The propagation flags for a propagation option name.
 pub fn propagation_flag(name: &str) -> Option<MsFlags> {
-    Some(match name {
-        "private" => MsFlags::MS_PRIVATE,
-        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        "shared" => MsFlags::MS_SHARED,
-        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
-        "slave" => MsFlags::MS_SLAVE,
-        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        "unbindable" => MsFlags::MS_UNBINDABLE,
-        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-        _ => return None,
-    })
+    match option_effect(name) {
+        OptionEffect::Propagation(p) => Some(MsFlags::from_bits_retain(p)),
+        _ => None,
+    }
 }
 
 /// A device node to create in the container's /dev.

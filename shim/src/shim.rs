@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use berth_core::mount::{OptionEffect, option_effect};
 use berth_core::{Error, ErrorKind, Result};
 use berth_shim_api as api;
 use bytes::BytesMut;
@@ -1021,15 +1022,14 @@ fn mount_rootfs(m: &api::Mount, target: &Path) -> Result<()> {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
     for o in &m.options {
-        match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" => {}
-            "bind" => flags |= MsFlags::MS_BIND,
-            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-            "nosuid" => flags |= MsFlags::MS_NOSUID,
-            "nodev" => flags |= MsFlags::MS_NODEV,
-            "noexec" => flags |= MsFlags::MS_NOEXEC,
-            other => data.push(other),
+        match option_effect(o) {
+            OptionEffect::Flags { set, clear } => {
+                flags.insert(MsFlags::from_bits_retain(set));
+                flags.remove(MsFlags::from_bits_retain(clear));
+            }
+            // The runtime sets the rootfs's propagation (`rootfsPropagation`) itself.
+            OptionEffect::Propagation(_) | OptionEffect::None => {}
+            OptionEffect::Other => data.push(o.as_str()),
         }
     }
     let fstype = if m.r#type == "bind" {
@@ -1236,5 +1236,49 @@ fn metrics(s: &berth_runtime::cgroups::Stats) -> api::Metrics {
             under_oom: s.memory_oom_control.under_oom,
             oom_kill: s.memory_oom_control.oom_kill,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mount flags of `target` as /proc/self/mountinfo lists them.
+    fn mount_options(target: &Path) -> Option<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let target = target.to_str()?;
+        info.lines()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == Some(target))
+            .and_then(|l| l.split(' ').nth(5).map(str::to_owned))
+    }
+
+    #[test]
+    fn rootfs_flag_options_become_flags_not_data()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let target = tmp.path().join("rootfs");
+        std::fs::create_dir(&target)?;
+        let m = api::Mount {
+            r#type: "tmpfs".into(),
+            source: "tmpfs".into(),
+            // tmpfs refuses data it does not know, so a flag passed as data fails the mount.
+            options: [
+                "rw", "noatime", "nosuid", "nodev", "size=1m", "rprivate", "defaults",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        mount_rootfs(&m, &target)?;
+        let opts = mount_options(&target);
+        nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH)?;
+        let opts = opts.ok_or("the mount is not in mountinfo")?;
+        for want in ["rw", "noatime", "nosuid", "nodev"] {
+            assert!(
+                opts.split(',').any(|o| o == want),
+                "{want} missing in {opts}"
+            );
+        }
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
-use berth_core::mount::{MAX_MOUNT_DATA, Mount};
+use berth_core::mount::{MAX_MOUNT_DATA, Mount, OptionEffect, option_effect};
 use berth_core::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -81,38 +81,15 @@ fn parse_options(options: &[String]) -> (MsFlags, Vec<String>) {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
     for option in options {
-        let (set, clear) = match option.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "defaults" => (MsFlags::empty(), MsFlags::empty()),
-            // Propagation does not matter for a private temporary mount point.
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => (MsFlags::empty(), MsFlags::empty()),
-            _ => {
-                data.push(option.clone());
-                continue;
+        match option_effect(option) {
+            OptionEffect::Flags { set, clear } => {
+                flags.insert(MsFlags::from_bits_retain(set));
+                flags.remove(MsFlags::from_bits_retain(clear));
             }
-        };
-        flags.insert(set);
-        flags.remove(clear);
+            // Propagation does not matter for a private temporary mount point.
+            OptionEffect::Propagation(_) | OptionEffect::None => {}
+            OptionEffect::Other => data.push(option.clone()),
+        }
     }
     (flags, data)
 }
