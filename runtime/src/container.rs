@@ -144,7 +144,11 @@ impl Runtime {
         }
         // resctrl is looked for now, so a host without it fails before anything is made.
         let rdt = match &plan.intel_rdt {
-            Some(_) => Some(Resctrl::find()?),
+            Some(rdt_plan) => {
+                let resctrl = Resctrl::find()?;
+                resctrl.check_monitoring(rdt_plan)?;
+                Some(resctrl)
+            }
             None => None,
         };
         let cgroup = CgroupManager::new(plan.cgroups_path.as_deref(), id)?;
@@ -362,8 +366,9 @@ impl Runtime {
             .and_then(|l| l.intel_rdt().as_ref())
         {
             let plan = RdtPlan::from_spec(rdt)?;
-            // The group was made only if resctrl was there at create; nothing to undo otherwise.
-            if plan.clos_id.is_none()
+            // The groups were made only if resctrl was there at create; nothing to undo
+            // otherwise.
+            if (plan.clos_id.is_none() || plan.monitoring_group)
                 && let Ok(resctrl) = Resctrl::find()
             {
                 resctrl.remove(&LinuxSyscall, &plan, id)?;

@@ -69,8 +69,40 @@ impl Resctrl {
         self.root.join(plan.clos_id.as_deref().unwrap_or(id))
     }
 
+    /// Fails unless the host monitors what `enableCMT` / `enableMBM` ask for, as the
+    /// runtime spec requires; read from `info/L3_MON/mon_features`.
+    pub fn check_monitoring(&self, plan: &RdtPlan) -> Result<()> {
+        if plan.monitoring_features.is_empty() {
+            return Ok(());
+        }
+        let path = self.root.join("info/L3_MON/mon_features");
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        for wanted in &plan.monitoring_features {
+            if !wanted.iter().any(|f| have.lines().any(|l| l.trim() == *f)) {
+                return Err(Error::failed_precondition(format!(
+                    "linux.intelRdt asks for {} monitoring, which this host's resctrl does not \
+                     offer ({} lists no {})",
+                    if wanted.contains(&"llc_occupancy") {
+                        "CMT (cache)"
+                    } else {
+                        "MBM (memory bandwidth)"
+                    },
+                    path.display(),
+                    wanted.join(" or ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The container's monitoring group (`enableMonitoring`): `mon_groups/<id>` of its group.
+    pub fn monitoring_group(&self, plan: &RdtPlan, id: &str) -> PathBuf {
+        self.group(plan, id).join("mon_groups").join(id)
+    }
+
     /// Puts `pid` (and so its future children) in the container's group, creating the group
-    /// unless it is an existing `closID` one, and writes the schemata.
+    /// unless it is an existing `closID` one, and writes the schemata; with `enableMonitoring`
+    /// also in a monitoring group of its own.
     pub fn join(&self, sys: &dyn Syscall, plan: &RdtPlan, id: &str, pid: i32) -> Result<PathBuf> {
         let group = self.group(plan, id);
         match sys.file_kind(&group) {
@@ -100,11 +132,38 @@ impl Resctrl {
         let tasks = group.join("tasks");
         sys.write_file(&tasks, pid.to_string().as_bytes())
             .map_err(|e| sys_err(format!("add pid {pid} to {}", tasks.display()), e))?;
+        if plan.monitoring_group {
+            // A task is in one control group and one of its monitoring groups: joining the
+            // monitoring group after the control group keeps both.
+            let mon = self.monitoring_group(plan, id);
+            sys.mkdir_all(&mon, 0o755).map_err(|e| {
+                sys_err(
+                    format!("create resctrl monitoring group {}", mon.display()),
+                    e,
+                )
+            })?;
+            let tasks = mon.join("tasks");
+            sys.write_file(&tasks, pid.to_string().as_bytes())
+                .map_err(|e| sys_err(format!("add pid {pid} to {}", tasks.display()), e))?;
+        }
         Ok(group)
     }
 
-    /// Removes the container's own group (never a `closID` one); a missing group is fine.
+    /// Removes the container's monitoring group and its own group (never a `closID` one); a
+    /// missing group is fine.
     pub fn remove(&self, sys: &dyn Syscall, plan: &RdtPlan, id: &str) -> Result<()> {
+        if plan.monitoring_group {
+            let mon = self.monitoring_group(plan, id);
+            match sys.remove_dir(&mon) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => {
+                    return Err(sys_err(
+                        format!("remove resctrl monitoring group {}", mon.display()),
+                        e,
+                    ));
+                }
+            }
+        }
         if plan.clos_id.is_some() {
             return Ok(());
         }

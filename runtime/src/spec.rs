@@ -40,6 +40,15 @@ pub fn parse(data: &[u8]) -> std::result::Result<Spec, serde_json::Error> {
     if let Some(p) = value.get_mut("process") {
         normalize_process(p);
     }
+    if let Some(serde_json::Value::Object(rdt)) = value.pointer_mut("/linux/intelRdt") {
+        // oci-spec 0.10 derives camelCase names from its fields (`enableCmt`); the runtime
+        // spec says `enableCMT` and `enableMBM`.
+        for (spec_name, ours) in [("enableCMT", "enableCmt"), ("enableMBM", "enableMbm")] {
+            if let Some(v) = rdt.remove(spec_name) {
+                rdt.insert(ours.to_owned(), v);
+            }
+        }
+    }
     serde_json::from_value(value)
 }
 
@@ -1003,8 +1012,15 @@ fn personality(p: &LinuxPersonality) -> Result<u64> {
 pub struct RdtPlan {
     /// `closID`: an existing (or shared) group's name; None names the group after the container.
     pub clos_id: Option<String>,
-    /// `schemata` lines to write (L3 cache first, then memory bandwidth).
+    /// `schemata` lines to write: L3 cache, then memory bandwidth, then the spec's own
+    /// `schemata` lines (runtime-spec 1.3), which the kernel lets override the first two.
     pub schemata: Vec<String>,
+    /// Monitoring features (`info/L3_MON/mon_features` names) that `enableCMT` and
+    /// `enableMBM` require of the host; at least one of each inner list must be there.
+    pub monitoring_features: Vec<&'static [&'static str]>,
+    /// `enableMonitoring` (runtime-spec 1.3): a monitoring group of the container's own in
+    /// the group's `mon_groups`.
+    pub monitoring_group: bool,
 }
 
 impl RdtPlan {
@@ -1036,7 +1052,36 @@ impl RdtPlan {
                 schemata.push(line.to_owned());
             }
         }
-        Ok(RdtPlan { clos_id, schemata })
+        for line in rdt.schemata().iter().flatten().map(|l| l.trim()) {
+            if line.is_empty() {
+                continue;
+            }
+            if !line.contains(':') || line.contains('\n') {
+                return Err(Error::invalid_argument(format!(
+                    "linux.intelRdt.schemata: {line:?} is not a <resource>:<id>=<value>;... line"
+                )));
+            }
+            schemata.push(line.to_owned());
+        }
+        // Deprecated by runtime-spec 1.3 in favour of enableMonitoring, still part of 1.0–1.2.
+        #[allow(deprecated)]
+        let (cmt, mbm) = (
+            rdt.enable_cmt().unwrap_or(false),
+            rdt.enable_mbm().unwrap_or(false),
+        );
+        let mut monitoring_features: Vec<&'static [&'static str]> = Vec::new();
+        if cmt {
+            monitoring_features.push(&["llc_occupancy"]);
+        }
+        if mbm {
+            monitoring_features.push(&["mbm_total_bytes", "mbm_local_bytes"]);
+        }
+        Ok(RdtPlan {
+            clos_id,
+            schemata,
+            monitoring_features,
+            monitoring_group: rdt.enable_monitoring().unwrap_or(false),
+        })
     }
 }
 

@@ -9,8 +9,15 @@ use berth_runtime::spec::RdtPlan;
 use berth_runtime::syscall::{Call, LinuxSyscall, RecordingSyscall};
 use serde_json::json;
 
+/// The plan of a `linux.intelRdt` object, read the way a bundle's config.json is.
+fn try_plan(rdt: serde_json::Value) -> berth_core::Result<RdtPlan> {
+    let config = json!({"ociVersion": "1.2.0", "linux": {"intelRdt": rdt}});
+    let spec = berth_runtime::spec::parse(config.to_string().as_bytes()).unwrap();
+    RdtPlan::from_spec(spec.linux().as_ref().unwrap().intel_rdt().as_ref().unwrap())
+}
+
 fn plan(rdt: serde_json::Value) -> RdtPlan {
-    RdtPlan::from_spec(&serde_json::from_value(rdt).unwrap()).unwrap()
+    try_plan(rdt).unwrap()
 }
 
 #[test]
@@ -69,4 +76,91 @@ fn a_leftover_group_of_the_same_name_is_not_taken_over() {
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
     assert!(err.to_string().contains("/rdt/ctr"), "{err}");
     assert!(sys.calls().is_empty());
+}
+
+#[test]
+fn enable_monitoring_makes_and_removes_a_monitoring_group_of_its_own() {
+    let sys = RecordingSyscall::new();
+    sys.set_missing("/rdt/ctr");
+    let resctrl = Resctrl::at("/rdt");
+    let p = plan(json!({"enableMonitoring": true}));
+    resctrl.join(&sys, &p, "ctr", 7).unwrap();
+    resctrl.remove(&sys, &p, "ctr").unwrap();
+    assert_eq!(
+        sys.calls(),
+        vec![
+            Call::MkdirAll("/rdt/ctr".into(), 0o755),
+            Call::WriteFile("/rdt/ctr/tasks".into(), b"7".to_vec()),
+            Call::MkdirAll("/rdt/ctr/mon_groups/ctr".into(), 0o755),
+            Call::WriteFile("/rdt/ctr/mon_groups/ctr/tasks".into(), b"7".to_vec()),
+            Call::RemoveDir("/rdt/ctr/mon_groups/ctr".into()),
+            Call::RemoveDir("/rdt/ctr".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_monitoring_group_in_a_shared_clos_group_goes_but_the_group_stays() {
+    // The recorder reports every path as existing: the shared group is there.
+    let sys = RecordingSyscall::new();
+    let resctrl = Resctrl::at("/rdt");
+    let p = plan(json!({"closID": "shared", "enableMonitoring": true}));
+    resctrl.join(&sys, &p, "ctr", 9).unwrap();
+    resctrl.remove(&sys, &p, "ctr").unwrap();
+    assert_eq!(
+        sys.calls(),
+        vec![
+            Call::WriteFile("/rdt/shared/tasks".into(), b"9".to_vec()),
+            Call::MkdirAll("/rdt/shared/mon_groups/ctr".into(), 0o755),
+            Call::WriteFile("/rdt/shared/mon_groups/ctr/tasks".into(), b"9".to_vec()),
+            Call::RemoveDir("/rdt/shared/mon_groups/ctr".into()),
+        ]
+    );
+}
+
+#[test]
+fn schemata_lines_follow_the_l3_and_memory_bandwidth_ones() {
+    let p = plan(json!({
+        "l3CacheSchema": "L3:0=f",
+        "memBwSchema": "MB:0=70",
+        "schemata": ["L2:0=3", "MB:0=50"]
+    }));
+    assert_eq!(p.schemata, ["L3:0=f", "MB:0=70", "L2:0=3", "MB:0=50"]);
+    let err = try_plan(json!({"schemata": ["no colon"]})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn cmt_and_mbm_need_the_hosts_monitoring_features() {
+    let root = tempfile::tempdir().unwrap();
+    let resctrl = Resctrl::at(root.path());
+    let both = plan(json!({"enableCMT": true, "enableMBM": true}));
+    // No L3_MON at all: neither is there.
+    let err = resctrl.check_monitoring(&both).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(err.to_string().contains("llc_occupancy"), "{err}");
+
+    let info = root.path().join("info/L3_MON");
+    std::fs::create_dir_all(&info).unwrap();
+    std::fs::write(info.join("mon_features"), "llc_occupancy\n").unwrap();
+    resctrl
+        .check_monitoring(&plan(json!({"enableCMT": true})))
+        .unwrap();
+    let err = resctrl.check_monitoring(&both).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("mbm_total_bytes or mbm_local_bytes"),
+        "{err}"
+    );
+
+    std::fs::write(
+        info.join("mon_features"),
+        "llc_occupancy\nmbm_local_bytes\n",
+    )
+    .unwrap();
+    resctrl.check_monitoring(&both).unwrap();
+    // Without the flags nothing is asked of the host.
+    Resctrl::at("/nonexistent")
+        .check_monitoring(&plan(json!({"closID": "x"})))
+        .unwrap();
 }
