@@ -272,6 +272,19 @@ fn personality_linux32_makes_uname_report_i686() {
     let persona: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(persona["ret"], 8, "PER_LINUX32: {persona:#}");
 
+    // An exec'd process is given the container's persona too (berth-runc and runc exec run
+    // it from the host's own).
+    let mut running = Bundle::new("persona-exec");
+    running.config_mut()["linux"]["personality"] = json!({"domain": "LINUX32"});
+    running.args(&["/probe", "sleep", "60"]);
+    let id = running.id().to_owned();
+    rt.create(&id, &running).ok();
+    rt.start(&id).ok();
+    let exec = rt.exec(&id, &["/bin/uname", "-m"]).ok().trim().to_owned();
+    rt.kill(&id, "KILL").ok();
+    rt.delete_force(&id).ok();
+    assert_eq!(exec, "i686");
+
     let mut plain = Bundle::new("persona-linux");
     plain.config_mut()["linux"]["personality"] = json!({"domain": "LINUX"});
     plain.args(&["/bin/sh", "-c", "uname -m"]);

@@ -469,10 +469,20 @@ impl Runtime {
             };
         }
         let cgroup = CgroupManager::load(&rec.cgroup_path)?;
+        let personality = match rec
+            .config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.personality().as_ref())
+        {
+            Some(p) => Some(spec::personality(p)?),
+            None => None,
+        };
         let stage = Stage::Exec {
             process: &plan,
             target_pid: rec.pid,
             namespaces,
+            personality,
         };
         let fds = ChildFds {
             exec_fifo: None,

@@ -204,10 +204,16 @@ fn load_seccomp(sys: &dyn Syscall, prog: &SeccompProgram, hs: &mut dyn Handshake
 pub fn exec_process(
     sys: &dyn Syscall,
     process: &ProcessPlan,
+    personality: Option<u64>,
     hs: &mut dyn Handshake,
 ) -> Result<Infallible> {
     if process.terminal {
         hs.console()?;
+    }
+    // The exec'd process starts from the runtime's own persona, not the init's.
+    if let Some(persona) = personality {
+        sys.personality(persona)
+            .map_err(|e| sys_err(format!("personality({persona:#x})"), e))?;
     }
     let process = with_home(sys, process);
     let program = prepare(sys, &process)?;

@@ -251,6 +251,8 @@ pub enum Stage<'a> {
         target_pid: i32,
         /// The namespace types to join.
         namespaces: CloneFlags,
+        /// The container's `linux.personality`, which the process is given as the init was.
+        personality: Option<u64>,
     },
 }
 
@@ -647,7 +649,11 @@ fn child(
             cgroups,
             opts,
         } => init::container(&sys, plan, cgroups, sources, *opts, &mut hs),
-        Stage::Exec { process, .. } => init::exec_process(&sys, process, &mut hs),
+        Stage::Exec {
+            process,
+            personality,
+            ..
+        } => init::exec_process(&sys, process, *personality, &mut hs),
     };
     match res {
         Ok(never) => match never {},

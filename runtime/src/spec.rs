@@ -992,7 +992,7 @@ fn time_offsets(linux: &Linux, namespaces: &[NamespacePlan]) -> Result<Option<St
 }
 
 /// `linux.personality` as a persona for personality(2).
-fn personality(p: &LinuxPersonality) -> Result<u64> {
+pub fn personality(p: &LinuxPersonality) -> Result<u64> {
     const PER_LINUX: u64 = 0x0000;
     const PER_LINUX32: u64 = 0x0008;
     if let Some(flag) = p.flags().iter().flatten().next() {
