@@ -411,16 +411,23 @@ async fn unpack_leased(
         });
     }
     let top = chain[chain.len() - 1].clone();
-    let mut labels = Labels::new();
-    labels.insert(
-        format!("{REF_SNAPSHOT_PREFIX}{snapshotter}"),
-        top.to_string(),
-    );
-    client
+    let key = format!("{REF_SNAPSHOT_PREFIX}{snapshotter}");
+    // Unpacking an image that is already unpacked is the common case (every `run`): a read
+    // then tells that the label is there, which spares a durable write.
+    let labelled = client
         .content()
-        .update_labels(&config_desc.digest, &labels)
+        .info(&config_desc.digest)
         .await
-        .map_err(|e| e.context(format!("label config {}", config_desc.digest)))?;
+        .is_ok_and(|info| info.labels.get(&key) == Some(&top.to_string()));
+    if !labelled {
+        let mut labels = Labels::new();
+        labels.insert(key, top.to_string());
+        client
+            .content()
+            .update_labels(&config_desc.digest, &labels)
+            .await
+            .map_err(|e| e.context(format!("label config {}", config_desc.digest)))?;
+    }
     Ok(Unpacked {
         snapshotter,
         manifest: manifest_desc.digest,
