@@ -105,18 +105,47 @@ fn common_parent(paths: &[&str]) -> Option<String> {
     Some(format!("/{}", first[..len].join("/")))
 }
 
+/// mount(2)'s `MS_*` flag bits, as `<linux/mount.h>` defines them (the kernel's ABI; core
+/// names them itself rather than linking libc, and the runtime's tests check them against it).
+pub mod ms {
+    #![allow(missing_docs)]
+    pub const RDONLY: u64 = 1;
+    pub const NOSUID: u64 = 1 << 1;
+    pub const NODEV: u64 = 1 << 2;
+    pub const NOEXEC: u64 = 1 << 3;
+    pub const SYNCHRONOUS: u64 = 1 << 4;
+    pub const REMOUNT: u64 = 1 << 5;
+    pub const MANDLOCK: u64 = 1 << 6;
+    pub const DIRSYNC: u64 = 1 << 7;
+    pub const NOSYMFOLLOW: u64 = 1 << 8;
+    pub const NOATIME: u64 = 1 << 10;
+    pub const NODIRATIME: u64 = 1 << 11;
+    pub const BIND: u64 = 1 << 12;
+    pub const REC: u64 = 1 << 14;
+    pub const SILENT: u64 = 1 << 15;
+    pub const POSIXACL: u64 = 1 << 16;
+    pub const UNBINDABLE: u64 = 1 << 17;
+    pub const PRIVATE: u64 = 1 << 18;
+    pub const SLAVE: u64 = 1 << 19;
+    pub const SHARED: u64 = 1 << 20;
+    pub const RELATIME: u64 = 1 << 21;
+    pub const I_VERSION: u64 = 1 << 23;
+    pub const STRICTATIME: u64 = 1 << 24;
+    pub const LAZYTIME: u64 = 1 << 25;
+}
+
 /// What one mount option string does to a mount(2) call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptionEffect {
-    /// Sets and clears `MS_*` flag bits (`ro`, `nosuid`, `rbind`, `norelatime`…).
+    /// Sets and clears [`ms`] flag bits (`ro`, `nosuid`, `rbind`, `norelatime`…).
     Flags {
         /// Bits to set.
-        set: libc::c_ulong,
+        set: u64,
         /// Bits to clear.
-        clear: libc::c_ulong,
+        clear: u64,
     },
     /// A propagation change (`rslave`…), which needs a mount(2) call of its own.
-    Propagation(libc::c_ulong),
+    Propagation(u64),
     /// Accepted and without effect (`defaults`).
     None,
     /// Not a flag: filesystem data (`lowerdir=…`) or an option the caller knows itself.
@@ -126,51 +155,51 @@ pub enum OptionEffect {
 /// The effect of one option as mount(8) and the OCI runtime spec name them, so every place
 /// that turns options into a mount(2) call reads them the same way.
 pub fn option_effect(opt: &str) -> OptionEffect {
-    use libc::*;
-    let (set, clear): (c_ulong, c_ulong) = match opt {
-        "bind" => (MS_BIND, 0),
-        "rbind" => (MS_BIND | MS_REC, 0),
-        "ro" => (MS_RDONLY, 0),
-        "rw" => (0, MS_RDONLY),
-        "nosuid" => (MS_NOSUID, 0),
-        "suid" => (0, MS_NOSUID),
-        "nodev" => (MS_NODEV, 0),
-        "dev" => (0, MS_NODEV),
-        "noexec" => (MS_NOEXEC, 0),
-        "exec" => (0, MS_NOEXEC),
-        "sync" => (MS_SYNCHRONOUS, 0),
-        "async" => (0, MS_SYNCHRONOUS),
-        "dirsync" => (MS_DIRSYNC, 0),
-        "remount" => (MS_REMOUNT, 0),
-        "mand" => (MS_MANDLOCK, 0),
-        "nomand" => (0, MS_MANDLOCK),
-        "atime" => (0, MS_NOATIME),
-        "noatime" => (MS_NOATIME, 0),
-        "diratime" => (0, MS_NODIRATIME),
-        "nodiratime" => (MS_NODIRATIME, 0),
-        "relatime" => (MS_RELATIME, 0),
-        "norelatime" => (0, MS_RELATIME),
-        "strictatime" => (MS_STRICTATIME, 0),
-        "nostrictatime" => (0, MS_STRICTATIME),
-        "silent" => (MS_SILENT, 0),
-        "loud" => (0, MS_SILENT),
-        "acl" => (MS_POSIXACL, 0),
-        "noacl" => (0, MS_POSIXACL),
-        "iversion" => (MS_I_VERSION, 0),
-        "noiversion" => (0, MS_I_VERSION),
-        "lazytime" => (MS_LAZYTIME, 0),
-        "nolazytime" => (0, MS_LAZYTIME),
-        "nosymfollow" => (MS_NOSYMFOLLOW, 0),
-        "symfollow" => (0, MS_NOSYMFOLLOW),
+    use ms::*;
+    let (set, clear) = match opt {
+        "bind" => (BIND, 0),
+        "rbind" => (BIND | REC, 0),
+        "ro" => (RDONLY, 0),
+        "rw" => (0, RDONLY),
+        "nosuid" => (NOSUID, 0),
+        "suid" => (0, NOSUID),
+        "nodev" => (NODEV, 0),
+        "dev" => (0, NODEV),
+        "noexec" => (NOEXEC, 0),
+        "exec" => (0, NOEXEC),
+        "sync" => (SYNCHRONOUS, 0),
+        "async" => (0, SYNCHRONOUS),
+        "dirsync" => (DIRSYNC, 0),
+        "remount" => (REMOUNT, 0),
+        "mand" => (MANDLOCK, 0),
+        "nomand" => (0, MANDLOCK),
+        "atime" => (0, NOATIME),
+        "noatime" => (NOATIME, 0),
+        "diratime" => (0, NODIRATIME),
+        "nodiratime" => (NODIRATIME, 0),
+        "relatime" => (RELATIME, 0),
+        "norelatime" => (0, RELATIME),
+        "strictatime" => (STRICTATIME, 0),
+        "nostrictatime" => (0, STRICTATIME),
+        "silent" => (SILENT, 0),
+        "loud" => (0, SILENT),
+        "acl" => (POSIXACL, 0),
+        "noacl" => (0, POSIXACL),
+        "iversion" => (I_VERSION, 0),
+        "noiversion" => (0, I_VERSION),
+        "lazytime" => (LAZYTIME, 0),
+        "nolazytime" => (0, LAZYTIME),
+        "nosymfollow" => (NOSYMFOLLOW, 0),
+        "symfollow" => (0, NOSYMFOLLOW),
         "defaults" => return OptionEffect::None,
-        "private" => return OptionEffect::Propagation(MS_PRIVATE),
-        "rprivate" => return OptionEffect::Propagation(MS_PRIVATE | MS_REC),
-        "shared" => return OptionEffect::Propagation(MS_SHARED),
-        "rshared" => return OptionEffect::Propagation(MS_SHARED | MS_REC),
-        "slave" => return OptionEffect::Propagation(MS_SLAVE),
-        "rslave" => return OptionEffect::Propagation(MS_SLAVE | MS_REC),
-        "unbindable" => return OptionEffect::Propagation(MS_UNBINDABLE),
-        "runbindable" => return OptionEffect::Propagation(MS_UNBINDABLE | MS_REC),
+        "private" => return OptionEffect::Propagation(PRIVATE),
+        "rprivate" => return OptionEffect::Propagation(PRIVATE | REC),
+        "shared" => return OptionEffect::Propagation(SHARED),
+        "rshared" => return OptionEffect::Propagation(SHARED | REC),
+        "slave" => return OptionEffect::Propagation(SLAVE),
+        "rslave" => return OptionEffect::Propagation(SLAVE | REC),
+        "unbindable" => return OptionEffect::Propagation(UNBINDABLE),
+        "runbindable" => return OptionEffect::Propagation(UNBINDABLE | REC),
         _ => return OptionEffect::Other,
     };
     OptionEffect::Flags { set, clear }
@@ -242,11 +271,11 @@ mod tests {
 
     #[test]
     fn options_map_to_flags_propagation_or_data() {
-        use libc::*;
+        use ms::*;
         assert_eq!(
             option_effect("rbind"),
             OptionEffect::Flags {
-                set: MS_BIND | MS_REC,
+                set: BIND | REC,
                 clear: 0
             }
         );
@@ -254,12 +283,12 @@ mod tests {
             option_effect("rw"),
             OptionEffect::Flags {
                 set: 0,
-                clear: MS_RDONLY
+                clear: RDONLY
             }
         );
         assert_eq!(
             option_effect("rslave"),
-            OptionEffect::Propagation(MS_SLAVE | MS_REC)
+            OptionEffect::Propagation(SLAVE | REC)
         );
         assert_eq!(option_effect("defaults"), OptionEffect::None);
         assert_eq!(option_effect("lowerdir=/a:/b"), OptionEffect::Other);

@@ -175,7 +175,7 @@ impl MountPlan {
         for opt in m.options().iter().flatten() {
             let (set, clear) = match option_effect(opt) {
                 OptionEffect::Flags { set, clear } => {
-                    bind |= set & libc::MS_BIND != 0;
+                    bind |= set & berth_core::mount::ms::BIND != 0;
                     (
                         MsFlags::from_bits_retain(set),
                         MsFlags::from_bits_retain(clear),
@@ -1238,6 +1238,40 @@ fn io_priority(p: &LinuxIOPriority) -> Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cores_mount_flag_values_are_the_kernels() {
+        use berth_core::mount::ms;
+        // On the 64-bit targets Berth builds for, c_ulong is u64: the values compare as they are.
+        let pairs: [(u64, libc::c_ulong); 23] = [
+            (ms::RDONLY, libc::MS_RDONLY),
+            (ms::NOSUID, libc::MS_NOSUID),
+            (ms::NODEV, libc::MS_NODEV),
+            (ms::NOEXEC, libc::MS_NOEXEC),
+            (ms::SYNCHRONOUS, libc::MS_SYNCHRONOUS),
+            (ms::REMOUNT, libc::MS_REMOUNT),
+            (ms::MANDLOCK, libc::MS_MANDLOCK),
+            (ms::DIRSYNC, libc::MS_DIRSYNC),
+            (ms::NOSYMFOLLOW, libc::MS_NOSYMFOLLOW),
+            (ms::NOATIME, libc::MS_NOATIME),
+            (ms::NODIRATIME, libc::MS_NODIRATIME),
+            (ms::BIND, libc::MS_BIND),
+            (ms::REC, libc::MS_REC),
+            (ms::SILENT, libc::MS_SILENT),
+            (ms::POSIXACL, libc::MS_POSIXACL),
+            (ms::UNBINDABLE, libc::MS_UNBINDABLE),
+            (ms::PRIVATE, libc::MS_PRIVATE),
+            (ms::SLAVE, libc::MS_SLAVE),
+            (ms::SHARED, libc::MS_SHARED),
+            (ms::RELATIME, libc::MS_RELATIME),
+            (ms::I_VERSION, libc::MS_I_VERSION),
+            (ms::STRICTATIME, libc::MS_STRICTATIME),
+            (ms::LAZYTIME, libc::MS_LAZYTIME),
+        ];
+        for (ours, kernel) in pairs {
+            assert_eq!(ours, kernel, "{kernel:#x}");
+        }
+    }
 
     fn mount(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Mount {
         let mut m = Mount::default();
