@@ -205,6 +205,22 @@ pub fn option_effect(opt: &str) -> OptionEffect {
     OptionEffect::Flags { set, clear }
 }
 
+/// Splits options into the [`ms`] flags they leave set (in order, so `ro,rw` is read-write) and
+/// the filesystem data, dropping propagation and no-ops: what a one-call mount of a
+/// snapshotter's mount needs.
+pub fn flags_and_data<'a>(options: impl IntoIterator<Item = &'a str>) -> (u64, Vec<&'a str>) {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for opt in options {
+        match option_effect(opt) {
+            OptionEffect::Flags { set, clear } => flags = (flags | set) & !clear,
+            OptionEffect::Propagation(_) | OptionEffect::None => {}
+            OptionEffect::Other => data.push(opt),
+        }
+    }
+    (flags, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +309,9 @@ mod tests {
         assert_eq!(option_effect("defaults"), OptionEffect::None);
         assert_eq!(option_effect("lowerdir=/a:/b"), OptionEffect::Other);
         assert_eq!(option_effect("rro"), OptionEffect::Other);
+        assert_eq!(
+            flags_and_data(["ro", "nosuid", "lowerdir=/a", "rw", "rslave", "index=off"]),
+            (NOSUID, vec!["lowerdir=/a", "index=off"])
+        );
     }
 }

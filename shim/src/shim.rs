@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use berth_core::mount::{OptionEffect, option_effect};
+use berth_core::mount::flags_and_data;
 use berth_core::{Error, ErrorKind, Result};
 use berth_shim_api as api;
 use bytes::BytesMut;
@@ -1019,19 +1019,9 @@ fn response(id: u64, res: Result<api::response::Body>) -> api::ShimMessage {
 
 /// Mounts one rootfs mount (overlay, bind…) on `target`, splitting flags from data.
 fn mount_rootfs(m: &api::Mount, target: &Path) -> Result<()> {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in &m.options {
-        match option_effect(o) {
-            OptionEffect::Flags { set, clear } => {
-                flags.insert(MsFlags::from_bits_retain(set));
-                flags.remove(MsFlags::from_bits_retain(clear));
-            }
-            // The runtime sets the rootfs's propagation (`rootfsPropagation`) itself.
-            OptionEffect::Propagation(_) | OptionEffect::None => {}
-            OptionEffect::Other => data.push(o.as_str()),
-        }
-    }
+    // Propagation is left out: the runtime sets the rootfs's (`rootfsPropagation`) itself.
+    let (flags, data) = flags_and_data(m.options.iter().map(String::as_str));
+    let mut flags = MsFlags::from_bits_retain(flags);
     let fstype = if m.r#type == "bind" {
         flags |= MsFlags::MS_BIND;
         None

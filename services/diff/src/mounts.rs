@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
-use berth_core::mount::{MAX_MOUNT_DATA, Mount, OptionEffect, option_effect};
+use berth_core::mount::{MAX_MOUNT_DATA, Mount, flags_and_data};
 use berth_core::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -76,22 +76,14 @@ fn unmount(target: &Path) -> nix::Result<()> {
     umount2(target, MntFlags::MNT_DETACH)
 }
 
-/// The flags and filesystem data of a mount's options.
+/// The flags and filesystem data of a mount's options (propagation does not matter for a
+/// private temporary mount point).
 fn parse_options(options: &[String]) -> (MsFlags, Vec<String>) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for option in options {
-        match option_effect(option) {
-            OptionEffect::Flags { set, clear } => {
-                flags.insert(MsFlags::from_bits_retain(set));
-                flags.remove(MsFlags::from_bits_retain(clear));
-            }
-            // Propagation does not matter for a private temporary mount point.
-            OptionEffect::Propagation(_) | OptionEffect::None => {}
-            OptionEffect::Other => data.push(option.clone()),
-        }
-    }
-    (flags, data)
+    let (flags, data) = flags_and_data(options.iter().map(String::as_str));
+    (
+        MsFlags::from_bits_retain(flags),
+        data.into_iter().map(str::to_owned).collect(),
+    )
 }
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
