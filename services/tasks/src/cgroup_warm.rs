@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 /// Starts the grace period in the background; never fails and never blocks the caller.
-pub(crate) fn prime() {
+pub fn prime() {
     // Outside a runtime (unit tests) there is nothing to overlap with.
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn_blocking(|| {

@@ -11,6 +11,8 @@ mod bundle;
 mod cgroup_warm;
 mod client;
 
+pub use cgroup_warm::prime as warm_cgroups;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
