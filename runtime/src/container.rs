@@ -17,7 +17,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process};
 
-use crate::cgroups::{CgroupManager, CgroupMountSource};
+use crate::cgroups::{CgroupEntry, CgroupManager, CgroupMountSource};
 use crate::hooks::{self, Phase};
 use crate::init::InitOptions;
 use crate::process::{self, ChildFds, Parent, Stage};
@@ -621,8 +621,14 @@ struct CreateParent<'a> {
 }
 
 impl Parent for CreateParent<'_> {
-    fn join_cgroup(&mut self, pid: i32) -> Result<()> {
-        self.cgroup.add_process(pid)?;
+    fn cgroup_entry(&mut self) -> Result<CgroupEntry> {
+        self.cgroup.entry()
+    }
+
+    fn join_cgroup(&mut self, pid: i32, entered: bool) -> Result<()> {
+        if !entered {
+            self.cgroup.add_process(pid)?;
+        }
         if let (Some(rdt), Some(plan)) = (self.rdt, &self.plan.intel_rdt) {
             rdt.join(&LinuxSyscall, plan, self.id, pid)?;
         }
@@ -688,7 +694,14 @@ struct ExecParent<'a> {
 }
 
 impl Parent for ExecParent<'_> {
-    fn join_cgroup(&mut self, pid: i32) -> Result<()> {
+    fn cgroup_entry(&mut self) -> Result<CgroupEntry> {
+        self.cgroup.entry()
+    }
+
+    fn join_cgroup(&mut self, pid: i32, entered: bool) -> Result<()> {
+        if entered {
+            return Ok(());
+        }
         self.cgroup.add_process(pid)
     }
 

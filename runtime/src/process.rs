@@ -1,10 +1,11 @@
 //! The staged start: parent → intermediate → init (or exec'd process).
 //!
-//! - The **parent** (the runtime's own process) places the intermediate in the container's
-//!   cgroup, writes user namespace id maps when asked, runs the runtime-namespace hooks and waits
-//!   until the child reports that it is ready.
-//! - The **intermediate** joins or creates the namespaces. A new pid namespace only applies to
-//!   children, so it forks once more and exits after reporting the child's pid.
+//! - The **parent** (the runtime's own process) forks the intermediate into the container's
+//!   cgroup2 part (if any) and places it in the RDT group, writes user namespace id maps when
+//!   asked, runs the runtime-namespace hooks and waits until the child reports that it is ready.
+//! - The **intermediate** moves itself into the v1 hierarchies (see
+//!   [`crate::cgroups::CgroupEntry`]), then joins or creates the namespaces. A new pid namespace
+//!   only applies to children, so it forks once more and exits after reporting the child's pid.
 //! - The **init** runs [`crate::init`]'s linear sequence and execs.
 //!
 //! They talk over a `SOCK_SEQPACKET` pair with typed [`SyncMsg`]s. Forking is refused in a
@@ -29,6 +30,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroups::CgroupEntry;
 use crate::hooks::{self, Phase};
 use crate::init::NS_FILES;
 use crate::init::{self, Handshake, InitOptions};
@@ -40,7 +42,7 @@ use crate::syscall::LinuxSyscall;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum SyncMsg {
-    /// Parent → intermediate: you are in the cgroup, go on.
+    /// Parent → intermediate: the parent's part of joining the cgroup is done, go on.
     Go,
     /// Intermediate → parent: my new user namespace needs its id maps.
     MapIds,
@@ -203,6 +205,72 @@ fn error_msg(e: &Error) -> SyncMsg {
     }
 }
 
+/// clone3's flag that starts the child in the cgroup2 directory `clone_args.cgroup` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The kernel's `struct clone_args` up to `cgroup` (its size tells clone3 which fields exist).
+#[repr(C, align(8))]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks, straight into the cgroup2 directory `cgroup` when given; the flag says whether the
+/// child started there. A kernel without clone3 or `CLONE_INTO_CGROUP`, or one that refuses
+/// that cgroup, gets a plain fork (and `false`): the caller then moves the child itself, and a
+/// refusal comes back from that write with the file's name. Callers must be single-threaded.
+fn fork_into(cgroup: Option<BorrowedFd<'_>>) -> Result<(ForkResult, bool)> {
+    if let Some(dir) = cgroup {
+        let mut args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: without CLONE_VM this is fork(2) with the child born in `dir`: the child gets
+        // a copy of the address space and returns here with 0. The caller has one thread, so
+        // no lock is held by a thread missing in the child. glibc's pthread struct in the child
+        // keeps the parent's tid; glibc 2.34+ asks the kernel for the tid when a process
+        // signals itself (raise, abort), and the child runs nothing that reads the cached one.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match ret {
+            0 => return Ok((ForkResult::Child, true)),
+            pid if pid > 0 => {
+                return Ok((
+                    ForkResult::Parent {
+                        child: Pid::from_raw(pid as i32),
+                    },
+                    true,
+                ));
+            }
+            _ => tracing::debug!(
+                error = %Errno::last(),
+                "clone3 into the cgroup failed; forking and moving the child instead"
+            ),
+        }
+    }
+    // SAFETY: the caller has one thread, so the child is a complete copy with no lock held by
+    // a thread that does not exist in it.
+    let forked = unsafe { nix::unistd::fork() }.map_err(|e| sys_err("fork the intermediate", e))?;
+    Ok((forked, false))
+}
+
 /// Refuses to go on in a process with more than one thread.
 pub fn ensure_single_threaded() -> Result<()> {
     let status = std::fs::read_to_string("/proc/self/status")
@@ -258,8 +326,11 @@ pub enum Stage<'a> {
 
 /// The parent's part during a spawn: what to do once the child's pid is known.
 pub trait Parent {
-    /// Puts the intermediate in the container's cgroup (before it does anything).
-    fn join_cgroup(&mut self, pid: i32) -> Result<()>;
+    /// Opens the container's cgroup for the intermediate to start in (before the fork).
+    fn cgroup_entry(&mut self) -> Result<CgroupEntry>;
+    /// Puts the intermediate in whatever it does not enter by itself, before it does anything:
+    /// the RDT group, and the whole cgroup when it could not be forked into it (`entered` false).
+    fn join_cgroup(&mut self, pid: i32, entered: bool) -> Result<()>;
     /// The child's pid is known: run runtime hooks, return the state JSON for the child's hooks.
     fn child_started(&mut self, pid: i32) -> Result<String>;
     /// The container's OCI state JSON as the runtime sees it (host pid), for the seccomp agent.
@@ -270,12 +341,14 @@ pub trait Parent {
 pub fn spawn(stage: &Stage<'_>, fds: ChildFds, parent: &mut dyn Parent) -> Result<i32> {
     ensure_single_threaded()?;
     let (ours, theirs) = Channel::pair()?;
-    // SAFETY: the process has one thread (checked just above), so the child is a complete copy
-    // with no lock held by a thread that does not exist in it.
-    match unsafe { nix::unistd::fork() }.map_err(|e| sys_err("fork the intermediate", e))? {
+    let entry = parent.cgroup_entry()?;
+    let (forked, in_cgroup2) = fork_into(entry.clone_into())?;
+    // With the cgroup2 part done by the fork (or none to do), the child enters the rest itself.
+    let entered = in_cgroup2 || entry.clone_into().is_none();
+    match forked {
         ForkResult::Child => {
             drop(ours);
-            let code = match intermediate(&theirs, stage, fds) {
+            let code = match intermediate(&theirs, stage, fds, entry) {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = theirs.send(&error_msg(&e));
@@ -289,8 +362,9 @@ pub fn spawn(stage: &Stage<'_>, fds: ChildFds, parent: &mut dyn Parent) -> Resul
         ForkResult::Parent { child } => {
             drop(theirs);
             drop(fds);
+            drop(entry);
             let mut child_pid = None;
-            let res = parent_side(&ours, stage, child, parent, &mut child_pid);
+            let res = parent_side(&ours, stage, child, entered, parent, &mut child_pid);
             if res.is_err() {
                 for pid in [Some(child.as_raw()), child_pid].into_iter().flatten() {
                     let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
@@ -306,10 +380,11 @@ fn parent_side(
     ch: &Channel,
     stage: &Stage<'_>,
     intermediate: Pid,
+    entered: bool,
     parent: &mut dyn Parent,
     child_pid: &mut Option<i32>,
 ) -> Result<i32> {
-    parent.join_cgroup(intermediate.as_raw())?;
+    parent.join_cgroup(intermediate.as_raw(), entered)?;
     ch.send(&SyncMsg::Go)?;
     let pid = loop {
         match ch.recv()? {
@@ -525,9 +600,14 @@ fn open_ns(path: &std::path::Path) -> Result<OwnedFd> {
         .map_err(|e| sys_err(format!("open namespace {}", path.display()), e))
 }
 
-fn intermediate(ch: &Channel, stage: &Stage<'_>, fds: ChildFds) -> Result<()> {
+fn intermediate(ch: &Channel, stage: &Stage<'_>, fds: ChildFds, cgroup: CgroupEntry) -> Result<()> {
     let sys = LinuxSyscall;
     ch.expect("the go-ahead", |m| *m == SyncMsg::Go)?;
+    // Still one thread (a fork of a single-threaded process), and not yet in a new cgroup
+    // namespace, whose root must be the container's cgroup.
+    cgroup.enter_v1()?;
+    // The container's init inherits what is left open here: no cgroupfs descriptors for it.
+    drop(cgroup);
     // Every namespace file is opened before the first setns: after joining a user or mount
     // namespace the paths may no longer resolve or be permitted.
     let mut joins: Vec<(CloneFlags, OwnedFd)> = Vec::new();

@@ -530,6 +530,41 @@ fn v1_processes_are_listed_and_pids_limit_enforced() {
     assert!(stats.pids.current >= 1);
 }
 
+/// A process that enters through [`CgroupManager::entry`] (its one thread moving itself into
+/// each v1 hierarchy, as the runtime's forked child does) ends up in every hierarchy; the
+/// unified part is the fork's (clone3), which the runtime's conformance tests cover.
+#[test]
+fn v1_entry_lets_a_forked_child_move_itself_in() {
+    use std::os::unix::process::CommandExt;
+    let cg = TestCgroup::v1("entry");
+    let entry = cg.mgr.entry().unwrap();
+    assert!(
+        entry.clone_into().is_some(),
+        "the hybrid host's unified mount is the fork's target"
+    );
+    let mut cmd = Command::new("sleep");
+    cmd.arg("30");
+    // SAFETY: runs in the forked child before exec; enter_v1 only writes to open descriptors
+    // (it allocates only to report an error).
+    unsafe {
+        cmd.pre_exec(move || {
+            entry
+                .enter_v1()
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1_lines: Vec<&str> = own.lines().filter(|l| !l.starts_with("0::")).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!v1_lines.is_empty(), "{own}");
+    for line in &v1_lines {
+        assert!(line.ends_with(&format!(":{}", cg.mgr.path())), "{own}");
+    }
+}
+
 #[test]
 fn v1_memory_limit_oom_kills_and_is_counted() {
     let mut cg = TestCgroup::v1("oom");

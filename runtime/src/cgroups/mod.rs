@@ -21,7 +21,16 @@
 //!
 //! Ordering for callers: [`CgroupManager::create`] before [`CgroupManager::apply`] (v1 cpuset
 //! needs the parent's cpus/mems copied first), and both before
-//! [`CgroupManager::add_process`] so the container's first process starts limited.
+//! [`CgroupManager::add_process`] or [`CgroupManager::entry`] so the container's first process
+//! starts limited.
+//!
+//! How a new process gets in matters for speed. Writing a pid to `cgroup.procs` moves a whole
+//! thread group, for which the kernel takes its global `cgroup_threadgroup_rwsem` for writing;
+//! the first such write after a quiet spell waits for an RCU grace period (5 to 14 ms here),
+//! and holds `cgroup_mutex` meanwhile, stalling every cgroup mkdir on the host.
+//! [`CgroupEntry`] avoids both: the child is forked straight into the cgroup2 part with
+//! `clone3(CLONE_INTO_CGROUP)`, and moves its one thread into each v1 hierarchy by writing "0"
+//! to `tasks`, a move the kernel makes without that lock.
 
 mod convert;
 mod devices;
@@ -31,6 +40,9 @@ mod stats;
 mod v1;
 mod v2;
 
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use berth_core::{Error, Result};
@@ -344,6 +356,17 @@ impl CgroupManager {
         }
     }
 
+    /// Opens the cgroup for a process about to be forked into it: see [`CgroupEntry`].
+    pub fn entry(&self) -> Result<CgroupEntry> {
+        match &self.backend {
+            Backend::V1(c) => c.entry(),
+            Backend::V2(c) => Ok(CgroupEntry {
+                clone_into: Some(c.open_dir()?),
+                tasks: Vec::new(),
+            }),
+        }
+    }
+
     /// The processes in the cgroup itself (not its descendants); on v1 the union over the
     /// hierarchies. NotFound if the cgroup does not exist.
     pub fn pids(&self) -> Result<Vec<i32>> {
@@ -414,6 +437,36 @@ impl CgroupManager {
                 host_dir: c.dir().to_path_buf(),
             }],
         }
+    }
+}
+
+/// A cgroup opened, before a fork, for the child to start in without a thread-group migration.
+///
+/// The parent forks with [`CgroupEntry::clone_into`] as clone3's `CLONE_INTO_CGROUP` target
+/// (the unified tree on v2, a hybrid host's cgroup2 mount on v1), and the child, while it still
+/// has one thread, calls [`CgroupEntry::enter_v1`]. If the fork into the cgroup fails (a kernel
+/// before 5.7), [`CgroupManager::add_process`] from the parent is the way in.
+#[derive(Debug, Default)]
+pub struct CgroupEntry {
+    clone_into: Option<OwnedFd>,
+    tasks: Vec<(PathBuf, File)>,
+}
+
+impl CgroupEntry {
+    /// The cgroup2 directory to fork into, if the layout has one.
+    pub fn clone_into(&self) -> Option<BorrowedFd<'_>> {
+        self.clone_into.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Moves the calling thread into the cgroup in every v1 hierarchy ("0" to each `tasks`
+    /// file). Only for a process with one thread, which it then moves whole.
+    pub fn enter_v1(&self) -> Result<()> {
+        for (path, file) in &self.tasks {
+            let mut file = file;
+            file.write_all(b"0")
+                .map_err(|e| files::os_error(format!("write 0 to {}", path.display()), e))?;
+        }
+        Ok(())
     }
 }
 

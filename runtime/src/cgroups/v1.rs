@@ -478,6 +478,22 @@ impl V1Cgroup {
         Ok(())
     }
 
+    pub(crate) fn entry(&self) -> Result<super::CgroupEntry> {
+        let mut tasks = Vec::with_capacity(self.hierarchies.len());
+        for h in &self.hierarchies {
+            let path = h.dir.join("tasks");
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| files::os_error(format!("open {}", path.display()), e))?;
+            tasks.push((path, file));
+        }
+        Ok(super::CgroupEntry {
+            clone_into: self.unified.as_ref().map(|u| u.open_dir()).transpose()?,
+            tasks,
+        })
+    }
+
     pub(crate) fn pids(&self) -> Result<Vec<i32>> {
         let mut all = BTreeSet::new();
         let mut found = false;

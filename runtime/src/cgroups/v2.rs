@@ -409,6 +409,13 @@ impl V2Cgroup {
         files::write(&self.file("cgroup.procs"), &pid.to_string())
     }
 
+    /// The cgroup's directory, open for clone3's `CLONE_INTO_CGROUP` (which refuses `O_PATH`).
+    pub(crate) fn open_dir(&self) -> Result<std::os::fd::OwnedFd> {
+        std::fs::File::open(&self.dir)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|e| files::os_error(format!("open {}", self.dir.display()), e))
+    }
+
     pub(crate) fn exists(&self) -> bool {
         self.dir.is_dir()
     }

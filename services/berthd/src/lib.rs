@@ -130,16 +130,6 @@ impl Daemon {
             snapshots: s.snapshots.clone(),
         }
         .spawn(s.events.as_ref())?;
-        // A task usually follows a new container within milliseconds: starting the kernel's
-        // cgroup-migration wait now hides it entirely (berth_tasks::warm_cgroups says why).
-        let mut created = s.events.subscribe(berth_core::filters::Filters::parse(&[
-            r#"topic=="/containers/create""#,
-        ])?);
-        tokio::spawn(async move {
-            while created.next().await.is_some() {
-                berth_tasks::warm_cgroups();
-            }
-        });
         self.tasks.recover().await
     }
 

@@ -2,10 +2,15 @@
 //!
 //! Moving a process into a cgroup takes the kernel's global `cgroup_threadgroup_rwsem` for
 //! writing, and the first writer after a quiet spell waits a whole RCU grace period for it
-//! (5–14 ms measured here; later writers within about 20 ms pass at once). A new task's
-//! runtime makes that move a few milliseconds after berthd asks the shim for it, so berthd
+//! (5–14 ms measured here; later writers within about 20 ms pass at once). runc and crun make
+//! that move a few milliseconds after berthd asks the shim for a task, so for them berthd
 //! starts the wait itself, on a blocking thread, by moving itself into the cgroup it is
 //! already in: the grace period then runs alongside the shim's start instead of after it.
+//!
+//! Berth's own runtime needs none of this: it forks the container's first process into the
+//! cgroup and lets it move its single thread into the v1 hierarchies, which takes no such lock
+//! (berth_runtime::cgroups::CgroupEntry). It would even lose by it: the waiting write holds
+//! `cgroup_mutex`, which its cgroup mkdirs and the fork into the cgroup take too.
 //! docs/performance.md has the measurements.
 
 use std::path::{Path, PathBuf};

@@ -496,8 +496,11 @@ impl LocalTasks {
         binary: &str,
     ) -> Result<u32> {
         let id = req.container_id.as_str();
-        // The runtime moves the init into its cgroups in a few ms; start the kernel's wait now.
-        cgroup_warm::prime();
+        // runc and crun move the init into its cgroups in a few ms: start the kernel's wait now.
+        // Not for Berth's own runtime, which needs no wait and would queue behind this one.
+        if !binary.is_empty() {
+            cgroup_warm::prime();
+        }
         std::fs::write(dir.join("config.json"), spec)
             .map_err(|e| Error::io("write config.json", e))?;
         // Which runtime holds the container, for the clean-up after a dead shim.
@@ -638,6 +641,11 @@ impl LocalTasks {
 
 /// The file in a task's directory naming its external OCI runtime (empty: the built-in one).
 const RUNTIME_BINARY_FILE: &str = "runtime-binary";
+
+/// Whether the task in `dir` is run by an external OCI runtime (runc, crun) rather than Berth's.
+fn runs_external_runtime(dir: &Path) -> bool {
+    std::fs::read(dir.join(RUNTIME_BINARY_FILE)).is_ok_and(|b| !b.is_empty())
+}
 
 /// Unmounts a dead task's rootfs and removes its directory.
 fn cleanup_dir(dir: &Path) {
@@ -837,7 +845,9 @@ impl TaskManager for LocalTasks {
         Box::pin(async move {
             let task = self.checked(ctx, id, "", TaskOp::Exec).await?;
             // The exec'd process joins the container's cgroups: see create_in.
-            cgroup_warm::prime();
+            if runs_external_runtime(&task.dir) {
+                cgroup_warm::prime();
+            }
             task.client
                 .call(api::request::Body::Exec(api::ExecRequest {
                     exec_id: exec_id.to_owned(),
