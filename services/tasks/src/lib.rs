@@ -15,6 +15,7 @@ pub use cgroup_warm::prime as warm_cgroups;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -151,6 +152,31 @@ impl LocalTasks {
             events,
             tasks: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Removes a deleted task's directory without keeping the request waiting: it is renamed
+    /// into `<root>/.deleted` at once (the id is free again for a new task) and deleted on a
+    /// blocking thread. What a crash leaves there goes at the next [`LocalTasks::recover`].
+    fn discard_dir(&self, dir: &Path) {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let deleted = self.root.join(DELETED_DIR);
+        let aside = deleted.join(format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let moved = std::fs::create_dir_all(&deleted).and_then(|()| std::fs::rename(dir, &aside));
+        let doomed = match moved {
+            Ok(()) => aside,
+            Err(e) => {
+                tracing::debug!(error = %e, "set {} aside; deleting it in place", dir.display());
+                dir.to_path_buf()
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || remove_aside(&doomed))),
+            Err(_) => remove_aside(&doomed),
+        }
     }
 
     fn key(ctx: &RequestContext, id: &str) -> (String, String) {
@@ -294,6 +320,12 @@ impl LocalTasks {
     /// Finds the shims left by a previous berthd: reconnects to live ones, cleans up dead ones
     /// and shims whose container is gone.
     pub async fn recover(&self) -> Result<()> {
+        // Directories a previous berthd set aside and had no time to delete.
+        let deleted = self.root.join(DELETED_DIR);
+        if let Ok(entries) = std::fs::read_dir(&deleted) {
+            let aside: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            tokio::task::spawn_blocking(move || aside.iter().for_each(|p| remove_aside(p)));
+        }
         let Ok(namespaces) = std::fs::read_dir(&self.root) else {
             return Ok(());
         };
@@ -642,6 +674,18 @@ impl LocalTasks {
 /// The file in a task's directory naming its external OCI runtime (empty: the built-in one).
 const RUNTIME_BINARY_FILE: &str = "runtime-binary";
 
+/// Where deleted tasks' directories wait for removal, under the tasks root. Not a valid
+/// namespace name, so [`LocalTasks::recover`] never takes it for one.
+const DELETED_DIR: &str = ".deleted";
+
+fn remove_aside(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("remove {}: {e}", path.display());
+    }
+}
+
 /// Whether the task in `dir` is run by an external OCI runtime (runc, crun) rather than Berth's.
 fn runs_external_runtime(dir: &Path) -> bool {
     std::fs::read(dir.join(RUNTIME_BINARY_FILE)).is_ok_and(|b| !b.is_empty())
@@ -726,9 +770,7 @@ impl TaskManager for LocalTasks {
             if let Ok(mut t) = self.tasks.lock() {
                 t.remove(&Self::key(ctx, id));
             }
-            if let Err(e) = std::fs::remove_dir_all(&task.dir) {
-                tracing::warn!(id, "remove {}: {e}", task.dir.display());
-            }
+            self.discard_dir(&task.dir);
             let e = ev::TaskDelete {
                 container_id: id.to_owned(),
                 pid: exit.pid,
