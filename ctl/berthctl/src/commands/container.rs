@@ -654,12 +654,40 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
         start_attached(&client, &c.id, "", attached, opts.tty).await
     }
     .await;
-    if args.rm
-        && let Err(e) = remove(&client, &c.id, true).await
-    {
-        crate::report(&e.context(format!("remove container {:?}", c.id)));
+    if args.rm {
+        // The exit status is in: the task has stopped, and `c` names the snapshot, so the
+        // lookups `rm` makes first are skipped (it is still the fallback for anything odd).
+        let removed = match &result {
+            Ok(_) => remove_exited(&client, &c).await,
+            Err(_) => remove(&client, &c.id, true).await,
+        };
+        if let Err(e) = removed {
+            crate::report(&e.context(format!("remove container {:?}", c.id)));
+        }
     }
     exit_failure(result?)
+}
+
+/// Removes `c` after its task has exited: task, snapshot, record.
+async fn remove_exited(client: &Client, c: &Container) -> Result<()> {
+    match client.tasks().delete(&c.id).await {
+        Ok(_) => {}
+        Err(e) if e.is(ErrorKind::NotFound) => {}
+        Err(e) if e.is(ErrorKind::FailedPrecondition) => return remove(client, &c.id, true).await,
+        Err(e) => return Err(e),
+    }
+    if !c.snapshotter.is_empty() && !c.snapshot_key.is_empty() {
+        match client
+            .snapshots(&c.snapshotter)
+            .remove(&c.snapshot_key)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is(ErrorKind::NotFound) => {}
+            Err(e) => return Err(e.context(format!("remove the snapshot of {:?}", c.id))),
+        }
+    }
+    client.containers().delete(&c.id).await
 }
 
 /// `berthctl start`.
