@@ -90,7 +90,10 @@ impl LeaseManager for Metadata {
         check_component("lease id", id)?;
         labels::validate(&labels)?;
         let ns = &ctx.namespace;
-        self.write(|txn| {
+        // Not flushed on its own: a lease only matters once something durable refers to it
+        // (a snapshot, content), and that commit flushes this one too. A crash before then
+        // loses a lease that protected nothing yet.
+        self.write_lazily(|txn| {
             ensure_namespace(txn, ns)?;
             let mut table = txn.open_table(LEASES).db("open table leases")?;
             let k = key(&[ns.as_str(), id]);
@@ -117,7 +120,16 @@ impl LeaseManager for Metadata {
 
     fn delete(&self, ctx: &RequestContext, id: &str, sync: bool) -> Result<()> {
         let ns = &ctx.namespace;
-        self.write(|txn| {
+        // A lease that expires may come back after a crash (its delete not yet flushed by a
+        // later commit): it then protects its resources until it expires, as it would have
+        // anyway. One without an expiry could hold them forever, so its delete is flushed.
+        let expires = self.read(|txn| {
+            let table = txn.open_table(LEASES).db("open table leases")?;
+            let found: Option<LeaseRecord> =
+                store::get(&table, &key(&[ns.as_str(), id]), "lease")?;
+            Ok(found.is_some_and(|l| l.labels.contains_key(berth_core::leases::EXPIRE_LABEL)))
+        })?;
+        let delete = |txn: &redb::WriteTransaction| {
             let mut table = txn.open_table(LEASES).db("open table leases")?;
             let removed = table
                 .remove(key(&[ns.as_str(), id]).as_str())
@@ -127,7 +139,12 @@ impl LeaseManager for Metadata {
             }
             drop(removed);
             remove_resources(txn, ns.as_str(), id)
-        })?;
+        };
+        if expires {
+            self.write_lazily(delete)?;
+        } else {
+            self.write(delete)?;
+        }
         if sync {
             berth_core::gc::GarbageCollector::collect(self)
                 .map(drop)

@@ -110,7 +110,27 @@ impl Metadata {
 
     /// Runs `f` in a write transaction, committing when it succeeds and rolling back otherwise.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write().db("begin write transaction")?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// [`Metadata::write`] whose commit is not flushed to disk by itself: the next durable
+    /// commit carries it, and a crash before that loses it. Only for changes that are harmless
+    /// to lose (see the lease manager), since it saves an fdatasync.
+    pub(crate) fn write_lazily<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        self.write_with(redb::Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self.db.begin_write().db("begin write transaction")?;
+        txn.set_durability(durability)
+            .map_err(|e| Error::internal(format!("metadata: set commit durability: {e}")))?;
         match f(&txn) {
             Ok(value) => {
                 txn.commit().db("commit write transaction")?;

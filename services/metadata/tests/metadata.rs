@@ -336,3 +336,30 @@ fn restart_keeps_everything() {
     let digest = w.commit(100, None, Labels::new()).unwrap();
     assert_eq!(digest, Digest::of(&[7; 100]));
 }
+
+/// Lease creates (and deletes of expiring leases) are committed without their own flush; a
+/// clean restart still keeps every one of them.
+#[test]
+fn lease_creates_and_deletes_survive_a_restart() {
+    let env = Env::new();
+    let c = ctx("default");
+    let expiring = labels(&[(berth_core::leases::EXPIRE_LABEL, "2099-01-01T00:00:00Z")]);
+    for (id, l) in [
+        ("keep", Labels::new()),
+        ("keep-expiring", expiring.clone()),
+        ("gone", Labels::new()),
+        ("gone-expiring", expiring),
+    ] {
+        LeaseManager::create(&*env.md, &c, id, l).unwrap();
+    }
+    LeaseManager::delete(&*env.md, &c, "gone", false).unwrap();
+    LeaseManager::delete(&*env.md, &c, "gone-expiring", false).unwrap();
+    let env = env.restart();
+    let mut ids: Vec<String> = LeaseManager::list(&*env.md, &c, &Filters::all())
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["keep", "keep-expiring"]);
+}
