@@ -377,6 +377,15 @@ fn fifty_concurrent_runs_and_a_hundred_cycles_leave_nothing_behind() {
         assert_eq!(out.output.status.code(), Some(0), "{}", out.stderr());
     }
     let after = footprint(&d, &ns);
+    // Deleted tasks' directories are removed in the background, soon after.
+    let deleted = d.state().join("tasks").join(".deleted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = usize::MAX;
+    while left > 0 && Instant::now() < deadline {
+        left = std::fs::read_dir(&deleted).map(|r| r.count()).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(left, 0, "deleted task directories left in {}", deleted.display());
     let (m0, s0, d0, c0, f0) = before;
     let (m1, s1, d1, c1, f1) = after;
     assert_eq!(
