@@ -10,27 +10,32 @@
 //!   very next create, which replaces the stale directory. [`SnapshotDirs::orphans`] finds the
 //!   rest for Cleanup.
 //! - Removal deletes the record first and the directory after; a crash in between leaves an
-//!   orphan, never a record without its files.
+//!   orphan, never a record without its files. The directory is renamed aside at once and
+//!   deleted on a background thread ([`SnapshotDirs::discard`]), so a remove does not wait for
+//!   the unlinks of a container's whole upper directory.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::DirBuilder;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use berth_core::{Error, Result};
 
 /// Prefix of temporary directories; anything with it is an orphan unless in flight.
 const TEMP_PREFIX: &str = "new-";
+/// Prefix of removed snapshots' directories waiting for deletion; orphans unless in flight.
+const DISCARD_PREFIX: &str = "rm-";
 
 /// The directory holding every snapshot's directory.
 #[derive(Debug)]
 pub struct SnapshotDirs {
     dir: PathBuf,
-    // Temporary directories being filled right now, which Cleanup must leave alone. Only one
-    // process can use a root (the metastore's file lock), so an in-memory set is enough.
-    in_flight: Mutex<HashSet<PathBuf>>,
+    // Temporary directories being filled, and discarded ones being deleted, right now, which
+    // Cleanup must leave alone. Only one process can use a root (the metastore's file lock),
+    // so an in-memory set is enough.
+    in_flight: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl SnapshotDirs {
@@ -44,7 +49,7 @@ impl SnapshotDirs {
             .map_err(|e| Error::io(format!("create snapshots directory {}", dir.display()), e))?;
         Ok(Self {
             dir,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -125,25 +130,75 @@ impl SnapshotDirs {
         Ok(out)
     }
 
+    /// Deletes a removed snapshot's directory `path` without making the caller wait: renames
+    /// it aside at once and deletes it on a background thread (Cleanup leaves it alone
+    /// meanwhile). If the rename fails it is deleted here; if the deletion fails, or the
+    /// process ends first, the renamed directory is an orphan for Cleanup.
+    pub fn discard(&self, path: &Path) -> Result<()> {
+        let aside = loop {
+            let aside = self
+                .dir
+                .join(format!("{DISCARD_PREFIX}{:016x}", rand::random::<u64>()));
+            if self.lock().insert(aside.clone()) {
+                break aside;
+            }
+        };
+        if let Err(e) = std::fs::rename(path, &aside) {
+            self.lock().remove(&aside);
+            if e.kind() == io::ErrorKind::NotFound {
+                return Ok(());
+            }
+            tracing::debug!(error = %e, "rename {} aside; deleting it in place", path.display());
+            return self.delete(path);
+        }
+        let in_flight = Arc::clone(&self.in_flight);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-rm".into())
+            .spawn({
+                let aside = aside.clone();
+                move || {
+                    if let Err(e) = delete_path(&aside) {
+                        tracing::warn!(error = %e, "deleting a removed snapshot; cleanup will retry");
+                    }
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&aside);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no thread to delete {} on; deleting it here", aside.display());
+            let res = self.delete(&aside);
+            self.lock().remove(&aside);
+            return res;
+        }
+        Ok(())
+    }
+
     /// Deletes `path` (a directory or a stray file) and everything below it; a missing path is
     /// fine.
     pub fn delete(&self, path: &Path) -> Result<()> {
-        let result = match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-            Ok(_) => std::fs::remove_file(path),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("delete {}", path.display()), e)),
-        }
+        delete_path(path)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Deletes `path` and everything below it; a missing path is fine.
+fn delete_path(path: &Path) -> Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("delete {}", path.display()), e)),
     }
 }
 

@@ -493,13 +493,13 @@ pub fn commit(
         .map_err(|e| e.context(format!("commit snapshot {key:?} as {name:?}")))
 }
 
-/// Removes snapshot `key`: its record in one transaction, then its directory
-/// (`dirs.path(id)`). Once the record is gone the snapshot is gone, so files that resist
-/// deletion are logged and left as an orphan for [`cleanup`] rather than reported to a caller
-/// who could do nothing about them.
+/// Removes snapshot `key`: its record in one transaction, then its directory, renamed aside and
+/// deleted in the background ([`dirs::SnapshotDirs::discard`]). Once the record is gone the
+/// snapshot is gone, so files that resist deletion are logged and left as an orphan for
+/// [`cleanup`] rather than reported to a caller who could do nothing about them.
 pub fn remove(store: &MetaStore, dirs: &dirs::SnapshotDirs, key: &str) -> Result<()> {
     let (id, _) = store.write(|tx| tx.remove(key))?;
-    if let Err(e) = dirs.delete(&dirs.path(id)) {
+    if let Err(e) = dirs.discard(&dirs.path(id)) {
         tracing::warn!(error = %e, key, id, "removing a snapshot directory; cleanup will retry");
     }
     Ok(())

@@ -626,6 +626,11 @@ pub fn remove_with_children<S: Snapshotter, F: Fn(&Path) -> berth_core::Result<S
     sn.remove("v").unwrap();
     sn.remove("l1").unwrap();
     assert!(sn.list(&Filters::all()).unwrap().is_empty());
+    // The files go in the background, soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !env.snapshot_dirs().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(env.snapshot_dirs().is_empty(), "{:?}", env.snapshot_dirs());
     // A removed name is free again.
     sn.prepare("l1", None, Labels::new()).unwrap();
