@@ -761,12 +761,16 @@ impl TaskManager for LocalTasks {
             )?;
             // The exits go out before the delete, and before the shim (which keeps them) exits.
             self.take_exits(&ctx.namespace, id, &task).await;
-            let _ = task
-                .client
-                .call(api::request::Body::Shutdown(api::ShutdownRequest {
-                    now: false,
-                }))
-                .await;
+            // Nothing is left for the shim to do but exit: the reply is not waited for.
+            let shim = Arc::clone(&task);
+            tokio::spawn(async move {
+                let _ = shim
+                    .client
+                    .call(api::request::Body::Shutdown(api::ShutdownRequest {
+                        now: false,
+                    }))
+                    .await;
+            });
             if let Ok(mut t) = self.tasks.lock() {
                 t.remove(&Self::key(ctx, id));
             }
