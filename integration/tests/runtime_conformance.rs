@@ -695,7 +695,10 @@ fn cgroups_path_is_honoured() {
         // Every hierarchy, v1 ones and a hybrid host's cgroup2 mount alike: the runtime forks
         // into the cgroup2 part and its child moves itself into the v1 ones.
         for line in &lines {
-            assert!(line.ends_with(&format!(":{path}")), "{line} is not in {path}");
+            assert!(
+                line.ends_with(&format!(":{path}")),
+                "{line} is not in {path}"
+            );
         }
         if !Path::new("/sys/fs/cgroup/memory").is_dir()
             || Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()

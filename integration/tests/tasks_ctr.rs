@@ -385,7 +385,12 @@ fn fifty_concurrent_runs_and_a_hundred_cycles_leave_nothing_behind() {
         left = std::fs::read_dir(&deleted).map(|r| r.count()).unwrap_or(0);
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(left, 0, "deleted task directories left in {}", deleted.display());
+    assert_eq!(
+        left,
+        0,
+        "deleted task directories left in {}",
+        deleted.display()
+    );
     let (m0, s0, d0, c0, f0) = before;
     let (m1, s1, d1, c1, f1) = after;
     assert_eq!(

@@ -125,8 +125,7 @@ impl LeaseManager for Metadata {
         // anyway. One without an expiry could hold them forever, so its delete is flushed.
         let expires = self.read(|txn| {
             let table = txn.open_table(LEASES).db("open table leases")?;
-            let found: Option<LeaseRecord> =
-                store::get(&table, &key(&[ns.as_str(), id]), "lease")?;
+            let found: Option<LeaseRecord> = store::get(&table, &key(&[ns.as_str(), id]), "lease")?;
             Ok(found.is_some_and(|l| l.labels.contains_key(berth_core::leases::EXPIRE_LABEL)))
         })?;
         let delete = |txn: &redb::WriteTransaction| {
