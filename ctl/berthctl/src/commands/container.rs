@@ -676,6 +676,11 @@ async fn remove_exited(client: &Client, c: &Container) -> Result<()> {
         Err(e) if e.is(ErrorKind::FailedPrecondition) => return remove(client, &c.id, true).await,
         Err(e) => return Err(e),
     }
+    remove_snapshot_and_record(client, c).await
+}
+
+/// Removes the snapshot of `c` (whose task is gone) and then its record.
+async fn remove_snapshot_and_record(client: &Client, c: &Container) -> Result<()> {
     if !c.snapshotter.is_empty() && !c.snapshot_key.is_empty() {
         match client
             .snapshots(&c.snapshotter)
@@ -1014,18 +1019,7 @@ async fn remove(client: &Client, id: &str, force: bool) -> Result<()> {
         Err(e) if e.is(ErrorKind::NotFound) => {}
         Err(e) => return Err(e),
     }
-    if !c.snapshotter.is_empty() && !c.snapshot_key.is_empty() {
-        match client
-            .snapshots(&c.snapshotter)
-            .remove(&c.snapshot_key)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is(ErrorKind::NotFound) => {}
-            Err(e) => return Err(e.context(format!("remove the snapshot of {id:?}"))),
-        }
-    }
-    client.containers().delete(id).await
+    remove_snapshot_and_record(client, &c).await
 }
 
 /// `berthctl rm`.
