@@ -20,6 +20,17 @@ fn plan(rdt: serde_json::Value) -> RdtPlan {
     try_plan(rdt).unwrap()
 }
 
+/// The calls of joining container "ctr" (pid 7) to a new group for `rdt`, then removing it.
+fn join_then_remove(rdt: serde_json::Value) -> Vec<Call> {
+    let sys = RecordingSyscall::new();
+    sys.set_missing("/rdt/ctr");
+    let resctrl = Resctrl::at("/rdt");
+    let p = plan(rdt);
+    resctrl.join(&sys, &p, "ctr", 7).unwrap();
+    resctrl.remove(&sys, &p, "ctr").unwrap();
+    sys.calls()
+}
+
 #[test]
 fn an_existing_clos_group_is_joined_and_its_schemata_written() {
     let root = tempfile::tempdir().unwrap();
@@ -49,14 +60,8 @@ fn an_existing_clos_group_is_joined_and_its_schemata_written() {
 
 #[test]
 fn a_group_named_after_the_container_is_made_then_removed() {
-    let sys = RecordingSyscall::new();
-    sys.set_missing("/rdt/ctr");
-    let resctrl = Resctrl::at("/rdt");
-    let p = plan(json!({"l3CacheSchema": "L3:0=3"}));
-    resctrl.join(&sys, &p, "ctr", 7).unwrap();
-    resctrl.remove(&sys, &p, "ctr").unwrap();
     assert_eq!(
-        sys.calls(),
+        join_then_remove(json!({"l3CacheSchema": "L3:0=3"})),
         vec![
             Call::MkdirAll("/rdt/ctr".into(), 0o755),
             Call::WriteFile("/rdt/ctr/schemata".into(), b"L3:0=3\n".to_vec()),
@@ -80,14 +85,8 @@ fn a_leftover_group_of_the_same_name_is_not_taken_over() {
 
 #[test]
 fn enable_monitoring_makes_and_removes_a_monitoring_group_of_its_own() {
-    let sys = RecordingSyscall::new();
-    sys.set_missing("/rdt/ctr");
-    let resctrl = Resctrl::at("/rdt");
-    let p = plan(json!({"enableMonitoring": true}));
-    resctrl.join(&sys, &p, "ctr", 7).unwrap();
-    resctrl.remove(&sys, &p, "ctr").unwrap();
     assert_eq!(
-        sys.calls(),
+        join_then_remove(json!({"enableMonitoring": true})),
         vec![
             Call::MkdirAll("/rdt/ctr".into(), 0o755),
             Call::WriteFile("/rdt/ctr/tasks".into(), b"7".to_vec()),
