@@ -85,6 +85,32 @@ impl Daemon {
         self.dir.path().join("state")
     }
 
+    /// The entries of snapshotter `sn`'s `snapshots` directory once the background deletions
+    /// of removed snapshots (renamed to `rm-*`) have finished; panics if they are still there
+    /// after 30 s.
+    pub fn snapshot_dirs(&self, sn: &str) -> Vec<String> {
+        let dir = self
+            .root()
+            .join(format!("io.containerd.snapshotter.v1.{sn}"))
+            .join("snapshots");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            if !names.iter().any(|n| n.starts_with("rm-")) {
+                names.sort();
+                return names;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "removed snapshots still being deleted after 30 s: {names:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The API socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("berthd.sock")

@@ -487,15 +487,6 @@ fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().mode() & 0o7777
 }
 
-/// The entries of a snapshotter's `snapshots` directory.
-fn backend_dirs(d: &Daemon, sn: &str) -> Vec<String> {
-    names_in(
-        &d.root()
-            .join(format!("io.containerd.snapshotter.v1.{sn}"))
-            .join("snapshots"),
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Unpack like ctr
 
@@ -1127,9 +1118,9 @@ async fn sigkill_during_apply() {
     }
     snaps.cleanup().await.unwrap();
     assert!(
-        backend_dirs(&d, "overlayfs").is_empty(),
+        d.snapshot_dirs("overlayfs").is_empty(),
         "left over: {:?}",
-        backend_dirs(&d, "overlayfs")
+        d.snapshot_dirs("overlayfs")
     );
     assert!(snaps.list(&[]).await.unwrap().is_empty());
     // The temporary mount directory holds nothing either.

@@ -36,20 +36,6 @@ fn rows(table: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The entries of a snapshotter's `snapshots` directory.
-fn backend_dirs(d: &Daemon, sn: &str) -> Vec<String> {
-    let dir = d
-        .root()
-        .join(format!("io.containerd.snapshotter.v1.{sn}"))
-        .join("snapshots");
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Three layers through `ctr`: a file added in layer 1, changed in layer 2, deleted in layer 3,
 /// each written through the mounted active snapshot, then checked through views of each layer,
 /// and every other `ctr snapshots` command on the way.
@@ -169,9 +155,9 @@ fn layers_through_ctr(sn: &str) {
     .ok();
     assert!(rows(&ctr(&["ls"]).ok()).is_empty());
     assert!(
-        backend_dirs(&d, sn).is_empty(),
+        d.snapshot_dirs(sn).is_empty(),
         "files left: {:?}",
-        backend_dirs(&d, sn)
+        d.snapshot_dirs(sn)
     );
 }
 
@@ -295,8 +281,8 @@ async fn gc_removes_unheld_snapshots() {
         ["from-ctr", "img-1", "img-2", "leased", "root-1", "root-2"]
     );
     assert!(names(&native).await.is_empty());
-    assert_eq!(backend_dirs(&d, "overlayfs").len(), 6);
-    assert!(backend_dirs(&d, "native").is_empty());
+    assert_eq!(d.snapshot_dirs("overlayfs").len(), 6);
+    assert!(d.snapshot_dirs("native").is_empty());
 
     // Each hold let go, the next collection takes what it held.
     ctr_sn(
@@ -326,7 +312,7 @@ async fn gc_removes_unheld_snapshots() {
         c.content().info(&config).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    assert_eq!(backend_dirs(&d, "overlayfs").len(), 2);
+    assert_eq!(d.snapshot_dirs("overlayfs").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -355,7 +341,7 @@ async fn sigkill_during_and_after_prepare() {
     overlay.prepare("kept", None, &Labels::new()).await.unwrap();
 
     let temp_dirs = |d: &Daemon| {
-        backend_dirs(d, "native")
+        d.snapshot_dirs("native")
             .into_iter()
             .filter(|n| n.starts_with("new-"))
             .count()
@@ -392,7 +378,7 @@ async fn sigkill_during_and_after_prepare() {
 
     native.cleanup().await.unwrap();
     assert_eq!(temp_dirs(&d), 0);
-    assert_eq!(backend_dirs(&d, "native").len(), 1, "only the base is left");
+    assert_eq!(d.snapshot_dirs("native").len(), 1, "only the base is left");
 
     // The key is free, and a prepare that returned survives a SIGKILL right after.
     let mounts = native

@@ -445,11 +445,21 @@ fn gc_removes_unreferenced_chains_and_keeps_referenced_ones() {
     assert!(s.other.list(&Filters::all()).unwrap().is_empty());
     assert!(s.env.info(&c, &referenced).is_ok());
     assert!(s.env.info(&c, &config).is_ok());
-    // Only the backend's snapshot directories of live snapshots are left.
-    let dirs = std::fs::read_dir(s.backend.root().join("snapshots"))
-        .unwrap()
-        .count();
-    assert_eq!(dirs, 5);
+    // Only the backend's snapshot directories of live snapshots are left, once the removed
+    // ones (renamed to `rm-*`) are deleted in the background.
+    let dir = s.backend.root().join("snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let dirs = loop {
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.iter().any(|n| n.starts_with("rm-")) || std::time::Instant::now() > deadline {
+            break names;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(dirs.len(), 5, "{dirs:?}");
 
     // Dropping the config's root label lets the image chain go too.
     drop_root_label(&s.env, &c, &config);
