@@ -376,15 +376,19 @@ fn fifty_concurrent_runs_and_a_hundred_cycles_leave_nothing_behind() {
         let out = ctr(&d, &ns, &["run", "--rm", &image.name, &id, "true"]);
         assert_eq!(out.output.status.code(), Some(0), "{}", out.stderr());
     }
-    let after = footprint(&d, &ns);
-    // Deleted tasks' directories are removed in the background, soon after.
+    // Deleted tasks' directories are removed, and their shims told to exit, in the
+    // background: wait (bounded) for both before comparing.
     let deleted = d.state().join("tasks").join(".deleted");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut left = usize::MAX;
-    while left > 0 && Instant::now() < deadline {
-        left = std::fs::read_dir(&deleted).map(|r| r.count()).unwrap_or(0);
+    let (left, after) = loop {
+        let left = std::fs::read_dir(&deleted).map(|r| r.count()).unwrap_or(0);
+        let after = footprint(&d, &ns);
+        let settled = left == 0 && after.1 == before.1;
+        if settled || Instant::now() > deadline {
+            break (left, after);
+        }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     assert_eq!(
         left,
         0,
