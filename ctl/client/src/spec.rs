@@ -15,16 +15,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_core::diff::Descriptor;
 use berth_core::labels::Labels;
 use berth_core::mount::Mount;
-use berth_core::transfer::Platform;
 use berth_core::{AnyValue, Error, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-use crate::client::Client;
-use crate::unpack::{read_json, resolve_manifest};
 
 pub use berth_core::containers::ETC_FILES_LABEL as LABEL_ETC_FILES;
 pub use berth_core::logs::LOG_LABEL as LABEL_LOG;
@@ -102,25 +97,6 @@ pub struct ImageConfig {
     /// The signal `stop` sends first (e.g. `SIGTERM`).
     #[serde(default)]
     pub stop_signal: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    config: Option<ImageConfig>,
-}
-
-/// Reads the `config` of the image rooted at `target` for `platform` (None: this host's).
-pub async fn image_config(
-    client: &Client,
-    target: &Descriptor,
-    platform: Option<&Platform>,
-) -> Result<ImageConfig> {
-    let platforms: Vec<Platform> = platform.into_iter().cloned().collect();
-    let (_, manifest) = resolve_manifest(client, target, &platforms).await?;
-    let config_desc = manifest.config.to_core("a manifest's config")?;
-    let file: ConfigFile = read_json(client, &config_desc, "image config").await?;
-    Ok(file.config.unwrap_or_default())
 }
 
 /// The network a container gets.
@@ -753,11 +729,9 @@ mod tests {
     }
 
     fn config() -> ImageConfig {
-        serde_json::from_str::<ConfigFile>(
-            r#"{"config":{"Env":["PATH=/bin","A=1"],"Cmd":["/bin/sh"],"WorkingDir":"/w","User":"","Entrypoint":null}}"#,
+        serde_json::from_str(
+            r#"{"Env":["PATH=/bin","A=1"],"Cmd":["/bin/sh"],"WorkingDir":"/w","User":"","Entrypoint":null}"#,
         )
-        .unwrap()
-        .config
         .unwrap()
     }
 

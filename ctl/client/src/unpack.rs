@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::Client;
 use crate::leases::{LeaseOptions, generate_lease_id};
 use crate::snapshots::DEFAULT_SNAPSHOTTER;
+use crate::spec::ImageConfig;
 
 /// The largest index, manifest or config read as JSON; anything bigger is not what it claims.
 pub const MAX_JSON_BLOB: u64 = 4 << 20;
@@ -83,6 +84,9 @@ pub(crate) struct JsonManifest {
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct JsonConfig {
     pub rootfs: JsonRootfs,
+    /// What a container run from the image starts with (entrypoint, cmd, env...).
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
 }
 
 /// A config's `rootfs`.
@@ -319,6 +323,8 @@ pub struct Unpacked {
     pub chain_id: Digest,
     /// Each layer, lowest first.
     pub layers: Vec<UnpackedLayer>,
+    /// The config's run-time part, read on the way (a `run` needs it next).
+    pub image_config: ImageConfig,
 }
 
 impl Client {
@@ -389,20 +395,38 @@ async fn unpack_leased(
         .resolve_snapshotter(options.snapshotter.as_deref())
         .await?;
     let chain = chain_ids(&diff_ids);
+    let top = chain[chain.len() - 1].clone();
+    let key = format!("{REF_SNAPSHOT_PREFIX}{snapshotter}");
+    // Unpacking an image that is already unpacked is the common case (every `run`): the top
+    // snapshot is there (a committed snapshot's parents always are) and the config already
+    // names it, which one round of two reads tells, sparing a walk and a durable write.
+    let snapshots = client.snapshots(&snapshotter);
+    let content = client.content();
+    let (top_there, config_info) = tokio::join!(
+        snapshots.stat(top.as_str()),
+        content.info(&config_desc.digest)
+    );
+    let labelled = config_info.is_ok_and(|info| info.labels.get(&key) == Some(&top.to_string()));
+    let all_there = match top_there {
+        Ok(_) => true,
+        Err(e) if e.is(ErrorKind::NotFound) => false,
+        Err(e) => return Err(e.context(format!("stat snapshot {top}"))),
+    };
     let mut layers = Vec::with_capacity(chain.len());
     for (i, json_layer) in manifest.layers.iter().enumerate() {
         let layer = json_layer.to_core("a manifest's layer")?;
         let parent = i.checked_sub(1).map(|p| chain[p].to_string());
-        let applied = unpack_layer(
-            client,
-            &snapshotter,
-            &layer,
-            &diff_ids[i],
-            &chain[i],
-            parent.as_deref(),
-        )
-        .await
-        .map_err(|e| e.context(format!("unpack layer {i} ({})", layer.digest)))?;
+        let applied = !all_there
+            && unpack_layer(
+                client,
+                &snapshotter,
+                &layer,
+                &diff_ids[i],
+                &chain[i],
+                parent.as_deref(),
+            )
+            .await
+            .map_err(|e| e.context(format!("unpack layer {i} ({})", layer.digest)))?;
         layers.push(UnpackedLayer {
             digest: layer.digest,
             diff_id: diff_ids[i].clone(),
@@ -410,15 +434,6 @@ async fn unpack_leased(
             applied,
         });
     }
-    let top = chain[chain.len() - 1].clone();
-    let key = format!("{REF_SNAPSHOT_PREFIX}{snapshotter}");
-    // Unpacking an image that is already unpacked is the common case (every `run`): a read
-    // then tells that the label is there, which spares a durable write.
-    let labelled = client
-        .content()
-        .info(&config_desc.digest)
-        .await
-        .is_ok_and(|info| info.labels.get(&key) == Some(&top.to_string()));
     if !labelled {
         let mut labels = Labels::new();
         labels.insert(key, top.to_string());
@@ -434,6 +449,7 @@ async fn unpack_leased(
         config: config_desc.digest,
         chain_id: top,
         layers,
+        image_config: config.config.unwrap_or_default(),
     })
 }
 

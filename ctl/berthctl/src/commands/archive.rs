@@ -368,6 +368,7 @@ mod tests {
                 chain_id: d.clone(),
                 applied: true,
             }],
+            image_config: Default::default(),
         };
         let view = UnpackedView::new("img".into(), unpacked);
         let table = render_unpacked(Format::Table, &view);
