@@ -13,13 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 use berth_client::Client;
 use berth_client::convert::known_time;
 use berth_client::leases::LeaseOptions;
-use berth_client::spec::{self, ImageConfig, Network, SpecOptions, User};
+use berth_client::spec::{self, Network, SpecOptions, User};
 use berth_client::tasks::CgroupStats;
 use berth_client::unpack::UnpackOptions;
 use berth_core::containers::AUTO_REMOVE_LABEL;
 use berth_core::containers::{Container, RUNTIME_SPEC_TYPE_URL};
 use berth_core::images::Image;
 use berth_core::labels::Labels;
+use berth_core::mount::Mount;
 use berth_core::reference::Reference;
 use berth_core::tasks::{ProcessState, TaskStatus};
 use berth_core::transfer::PullRequest;
@@ -365,107 +366,139 @@ async fn ensure_image(
 }
 
 /// Creates the container record and its snapshot; returns the container.
-async fn create_container(ctx: &Ctx, client: &Client, args: &CreateArgs) -> Result<Container> {
-    let id = args.name.clone().unwrap_or_else(random_id);
-    let image = ensure_image(client, &args.image, args.pull, args.snapshotter.as_deref()).await?;
-    let snapshotter = client
-        .resolve_snapshotter(args.snapshotter.as_deref())
-        .await?;
-    let env = environment(&args.env, &args.env_file)?;
-    // One lease holds the snapshot until the container record does.
-    let lease = client
-        .leases()
-        .create(LeaseOptions::default().expires_in(Duration::from_secs(3600)))
-        .await?;
-    let leased = client.with_lease(&lease.id);
-    let result = async {
-        let unpacked = leased
-            .unpack(
-                &image.target,
-                &UnpackOptions {
-                    snapshotter: Some(snapshotter.clone()),
-                    platform: None,
-                },
-            )
-            .await
-            .map_err(|e| e.context(format!("unpack {}", image.name)))?;
-        let config: ImageConfig = spec::image_config(&leased, &image.target, None).await?;
-        let mounts = leased
-            .snapshots(&snapshotter)
-            .prepare(&id, Some(unpacked.chain_id.as_str()), &Labels::new())
-            .await
-            .map_err(|e| {
-                if e.is(ErrorKind::AlreadyExists) {
-                    Error::already_exists(format!(
-                        "a container (or snapshot) named {id:?} already exists"
-                    ))
-                } else {
-                    e
-                }
-            })?;
-        let built = async {
-            let user_spec = args
-                .user
-                .clone()
-                .or_else(|| config.user.clone())
-                .filter(|u| !u.is_empty());
-            let user = match &user_spec {
-                Some(u) => spec::resolve_user(u, &mounts)?,
-                None => User::default(),
-            };
-            let opts = SpecOptions {
-                id: id.clone(),
-                namespace: ctx.namespace.clone(),
-                args: args.args.clone(),
-                entrypoint: args.entrypoint.clone(),
-                env,
-                workdir: args.workdir.clone(),
-                user,
-                hostname: args.hostname.clone(),
-                read_only: args.read_only,
-                memory: args.memory.map(|m| m as i64),
-                cpus: args.cpus,
-                pids_limit: args.pids_limit,
-                cap_add: args.cap_add.clone(),
-                cap_drop: args.cap_drop.clone(),
-                privileged: args.privileged,
-                host_capabilities: own_bounding_set(),
-                tty: args.tty,
-                network: match args.network {
-                    NetworkMode::None => Network::None,
-                    NetworkMode::Host => Network::Host,
-                },
-            };
-            let oci = spec::build(&config, &opts)?;
-            let bytes = serde_json::to_vec(&oci)
-                .map_err(|e| Error::internal(format!("encode the spec: {e}")))?;
-            let mut user_labels: Labels = args.labels.iter().cloned().collect();
-            if let Some(sig) = &config.stop_signal {
-                user_labels.insert(LABEL_STOP_SIGNAL.to_owned(), sig.clone());
-            }
-            let mut c = Container::new(
-                &id,
-                spec::DEFAULT_RUNTIME,
-                AnyValue::new(RUNTIME_SPEC_TYPE_URL, bytes),
-            );
-            c.labels = spec::container_labels(&user_labels);
-            c.image = image.name.clone();
-            c.snapshotter = snapshotter.clone();
-            c.snapshot_key = id.clone();
-            c.runtime.options = args.runtime.as_deref().map(spec::runc_options);
-            client.containers().create(&c).await
-        }
-        .await;
-        if built.is_err() {
-            let _ = leased.snapshots(&snapshotter).remove(&id).await;
-        }
-        built
+/// A container just made, with its rootfs mounts (from Prepare) and the lease that held its
+/// snapshot until the record did, which the caller lets go with [`release_lease`].
+struct Created {
+    container: Container,
+    mounts: Vec<Mount>,
+}
+
+/// Creates a container (`create`, and the first half of `run`). The lease taken around the
+/// snapshot's Prepare is returned in every case, for the caller to delete.
+async fn create_container(
+    ctx: &Ctx,
+    client: &Client,
+    args: &CreateArgs,
+) -> (Result<Created>, Option<String>) {
+    // Three independent lookups, in parallel; one lease holds the snapshot until the
+    // container record does.
+    let leases = client.leases();
+    let (image, snapshotter, lease) = tokio::join!(
+        ensure_image(client, &args.image, args.pull, args.snapshotter.as_deref()),
+        client.resolve_snapshotter(args.snapshotter.as_deref()),
+        leases.create(LeaseOptions::default().expires_in(Duration::from_secs(3600))),
+    );
+    let lease_id = lease.as_ref().ok().map(|l| l.id.clone());
+    let created = async {
+        let leased = client.with_lease(&lease?.id);
+        create_leased(ctx, &leased, image?, snapshotter?, args).await
     }
     .await;
-    if let Err(e) = client.leases().delete(&lease.id, false).await {
-        tracing::warn!(lease = %lease.id, error = %e, "could not delete the create lease");
+    (created, lease_id)
+}
+
+/// Deletes the lease [`create_container`] took; a failure is only logged (it expires).
+async fn release_lease(client: &Client, lease: Option<String>) {
+    if let Some(lease) = lease
+        && let Err(e) = client.leases().delete(&lease, false).await
+    {
+        tracing::warn!(%lease, error = %e, "could not delete the create lease");
     }
-    result
+}
+
+async fn create_leased(
+    ctx: &Ctx,
+    leased: &Client,
+    image: Image,
+    snapshotter: String,
+    args: &CreateArgs,
+) -> Result<Created> {
+    let id = args.name.clone().unwrap_or_else(random_id);
+    let env = environment(&args.env, &args.env_file)?;
+    let unpacked = leased
+        .unpack(
+            &image.target,
+            &UnpackOptions {
+                snapshotter: Some(snapshotter.clone()),
+                platform: None,
+            },
+        )
+        .await
+        .map_err(|e| e.context(format!("unpack {}", image.name)))?;
+    let config = &unpacked.image_config;
+    let mounts = leased
+        .snapshots(&snapshotter)
+        .prepare(&id, Some(unpacked.chain_id.as_str()), &Labels::new())
+        .await
+        .map_err(|e| {
+            if e.is(ErrorKind::AlreadyExists) {
+                Error::already_exists(format!(
+                    "a container (or snapshot) named {id:?} already exists"
+                ))
+            } else {
+                e
+            }
+        })?;
+    let built = async {
+        let user_spec = args
+            .user
+            .clone()
+            .or_else(|| config.user.clone())
+            .filter(|u| !u.is_empty());
+        let user = match &user_spec {
+            Some(u) => spec::resolve_user(u, &mounts)?,
+            None => User::default(),
+        };
+        let opts = SpecOptions {
+            id: id.clone(),
+            namespace: ctx.namespace.clone(),
+            args: args.args.clone(),
+            entrypoint: args.entrypoint.clone(),
+            env,
+            workdir: args.workdir.clone(),
+            user,
+            hostname: args.hostname.clone(),
+            read_only: args.read_only,
+            memory: args.memory.map(|m| m as i64),
+            cpus: args.cpus,
+            pids_limit: args.pids_limit,
+            cap_add: args.cap_add.clone(),
+            cap_drop: args.cap_drop.clone(),
+            privileged: args.privileged,
+            host_capabilities: own_bounding_set(),
+            tty: args.tty,
+            network: match args.network {
+                NetworkMode::None => Network::None,
+                NetworkMode::Host => Network::Host,
+            },
+        };
+        let oci = spec::build(config, &opts)?;
+        let bytes = serde_json::to_vec(&oci)
+            .map_err(|e| Error::internal(format!("encode the spec: {e}")))?;
+        let mut user_labels: Labels = args.labels.iter().cloned().collect();
+        if let Some(sig) = &config.stop_signal {
+            user_labels.insert(LABEL_STOP_SIGNAL.to_owned(), sig.clone());
+        }
+        let mut c = Container::new(
+            &id,
+            spec::DEFAULT_RUNTIME,
+            AnyValue::new(RUNTIME_SPEC_TYPE_URL, bytes),
+        );
+        c.labels = spec::container_labels(&user_labels);
+        c.image = image.name.clone();
+        c.snapshotter = snapshotter.clone();
+        c.snapshot_key = id.clone();
+        c.runtime.options = args.runtime.as_deref().map(spec::runc_options);
+        leased.containers().create(&c).await
+    }
+    .await;
+    match built {
+        Ok(container) => Ok(Created { container, mounts }),
+        Err(e) => {
+            let _ = leased.snapshots(&snapshotter).remove(&id).await;
+            Err(e)
+        }
+    }
 }
 
 /// Creates and starts the task of `c` with the given stdio (or none: detached). Returns the
@@ -496,12 +529,23 @@ async fn create_task(
         .mounts(&c.snapshot_key)
         .await
         .map_err(|e| e.context(format!("the rootfs of container {:?}", c.id)))?;
+    create_task_on(client, c, &mounts, attach).await
+}
+
+/// Creates the task of `c` on the rootfs `mounts`: for a container just made, which has no
+/// task yet and whose mounts Prepare returned.
+async fn create_task_on(
+    client: &Client,
+    c: &Container,
+    mounts: &[Mount],
+    attach: Option<AttachOptions>,
+) -> Result<Option<Attached>> {
     let attached = attach.map(Attached::new).transpose()?;
     let io = attached
         .as_ref()
         .map(|a| a.io().clone())
         .unwrap_or_default();
-    if let Err(e) = client.tasks().create(&c.id, &mounts, &io, None).await {
+    if let Err(e) = client.tasks().create(&c.id, mounts, &io, None).await {
         if let Some(a) = &attached {
             a.abandon();
         }
@@ -619,8 +663,9 @@ fn exit_failure(status: u32) -> CmdResult {
 /// `berthctl create`: prints the new container's id.
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> CmdResult {
     let client = ctx.connect().await?;
-    let c = create_container(ctx, &client, &args).await?;
-    print(&format!("{}\n", c.id))
+    let (created, lease) = create_container(ctx, &client, &args).await;
+    release_lease(&client, lease).await;
+    print(&format!("{}\n", created?.container.id))
 }
 
 /// `berthctl run`.
@@ -635,22 +680,33 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
             .push((AUTO_REMOVE_LABEL.to_owned(), "true".to_owned()));
     }
     let args = RunArgs { create, ..args };
-    let c = create_container(ctx, &client, &args.create).await?;
-    if args.detach {
-        if let Err(e) = create_task(&client, &c, None).await {
+    let (created, lease) = create_container(ctx, &client, &args.create).await;
+    let Created {
+        container: c,
+        mounts,
+    } = match created {
+        Ok(created) => created,
+        Err(e) => {
+            release_lease(&client, lease).await;
             return Err(e.into());
         }
-        client.tasks().start(&c.id, "").await?;
-        return print(&format!("{}\n", c.id));
-    }
-    let opts = AttachOptions {
+    };
+    let attach = (!args.detach).then_some(AttachOptions {
         stdin: args.create.interactive,
         tty: args.create.tty,
+    });
+    // The record holds the snapshot now: the lease goes while the task is made.
+    let (task, ()) = tokio::join!(
+        create_task_on(&client, &c, &mounts, attach),
+        release_lease(&client, lease)
+    );
+    let Some(opts) = attach else {
+        task?;
+        client.tasks().start(&c.id, "").await?;
+        return print(&format!("{}\n", c.id));
     };
     let result = async {
-        let attached = create_task(&client, &c, Some(opts))
-            .await?
-            .ok_or_else(|| Error::internal("attached stdio missing"))?;
+        let attached = task?.ok_or_else(|| Error::internal("attached stdio missing"))?;
         start_attached(&client, &c.id, "", attached, opts.tty).await
     }
     .await;
