@@ -394,6 +394,56 @@ async fn sigkill_during_and_after_prepare() {
     assert_eq!(read(&m.path().join("d19/f99")), "x");
 }
 
+/// A snapshot prepared under a lease that expires is provisional until a durable commit
+/// follows: a SIGKILL right after its Prepare loses it whole (the record, and after Cleanup
+/// the directory), while one followed by a durable change (here a Prepare outside any lease)
+/// survives with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provisional_prepare_is_kept_or_lost_whole_across_a_sigkill() {
+    let mut d = Daemon::start();
+    let c = d.client("default").await;
+    let expiring = || LeaseOptions::default().expires_in(Duration::from_secs(3600));
+    let lease = c.leases().create(expiring()).await.unwrap();
+    c.with_lease(&lease.id)
+        .snapshots("overlayfs")
+        .prepare("provisional", None, &Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(d.snapshot_dirs("overlayfs").len(), 1);
+    d.kill9();
+    d.restart();
+    let c = d.client("default").await;
+    let overlay = c.snapshots("overlayfs");
+    assert_eq!(
+        overlay.stat("provisional").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    overlay.cleanup().await.unwrap();
+    assert!(d.snapshot_dirs("overlayfs").is_empty());
+
+    let lease = c.leases().create(expiring()).await.unwrap();
+    let mounts = c
+        .with_lease(&lease.id)
+        .snapshots("overlayfs")
+        .prepare("provisional", None, &Labels::new())
+        .await
+        .unwrap();
+    overlay
+        .prepare("durable", None, &Labels::new())
+        .await
+        .unwrap();
+    d.kill9();
+    d.restart();
+    let c = d.client("default").await;
+    let overlay = c.snapshots("overlayfs");
+    assert_eq!(names(&overlay).await, ["durable", "provisional"]);
+    assert_eq!(overlay.mounts("provisional").await.unwrap(), mounts);
+    overlay.cleanup().await.unwrap();
+    assert_eq!(d.snapshot_dirs("overlayfs").len(), 2);
+    // The lease came through too: it still holds its snapshot.
+    assert_eq!(c.leases().list(&[]).await.unwrap().len(), 1);
+}
+
 /// berthctl with `BERTH_SNAPSHOTTER` set.
 fn berthctl_env(d: &Daemon, snapshotter: &str, args: &[&str]) -> CmdOutput {
     let mut cmd = Command::new(bin("berthctl"));

@@ -83,6 +83,18 @@ pub(crate) fn remove_resources(txn: &WriteTransaction, ns: &str, id: &str) -> Re
         .db(format!("drop resources of lease {id} in namespace {ns}"))
 }
 
+impl Metadata {
+    /// Whether lease `id` of namespace `ns` exists and has an expiry (a missing lease has
+    /// none).
+    pub(crate) fn lease_expires(&self, ns: &str, id: &str) -> Result<bool> {
+        self.read(|txn| {
+            let table = txn.open_table(LEASES).db("open table leases")?;
+            let found: Option<LeaseRecord> = store::get(&table, &key(&[ns, id]), "lease")?;
+            Ok(found.is_some_and(|l| l.labels.contains_key(berth_core::leases::EXPIRE_LABEL)))
+        })
+    }
+}
+
 impl LeaseManager for Metadata {
     fn create(&self, ctx: &RequestContext, id: &str, labels: Labels) -> Result<Lease> {
         // containerd accepts any non-empty lease id: its own generated ids end in base64url
@@ -123,11 +135,7 @@ impl LeaseManager for Metadata {
         // A lease that expires may come back after a crash (its delete not yet flushed by a
         // later commit): it then protects its resources until it expires, as it would have
         // anyway. One without an expiry could hold them forever, so its delete is flushed.
-        let expires = self.read(|txn| {
-            let table = txn.open_table(LEASES).db("open table leases")?;
-            let found: Option<LeaseRecord> = store::get(&table, &key(&[ns.as_str(), id]), "lease")?;
-            Ok(found.is_some_and(|l| l.labels.contains_key(berth_core::leases::EXPIRE_LABEL)))
-        })?;
+        let expires = self.lease_expires(ns.as_str(), id)?;
         let delete = |txn: &redb::WriteTransaction| {
             let mut table = txn.open_table(LEASES).db("open table leases")?;
             let removed = table

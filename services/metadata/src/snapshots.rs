@@ -317,8 +317,17 @@ impl Metadata {
         // Shared with other changes, exclusive with a sweep, which would take the backend
         // snapshot made here for an orphan before its record commits.
         let _shared = self.gc_lock.read().unwrap_or_else(PoisonError::into_inner);
+        // Made under a lease that expires, a snapshot is provisional (as are the files written
+        // into it, which nobody syncs) until something durable holds it: its container's
+        // record, a commit, or any later durable commit, which flushes this one too. A crash
+        // before then loses the record as the lease's expiry would have, and Cleanup removes
+        // the directory. Outside such a lease it is flushed now.
+        let provisional = match &ctx.lease {
+            Some(lease) => self.lease_expires(ns.as_str(), lease)?,
+            None => false,
+        };
         let mut made: Option<String> = None;
-        let result = self.write(|txn| {
+        let result = self.write_lazily_if(provisional, |txn| {
             ensure_namespace(txn, ns)?;
             let mut table = txn.open_table(SNAPSHOTS).db("open table snapshots")?;
             let rk = record_key(ns.as_str(), snapshotter, name);

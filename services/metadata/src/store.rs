@@ -123,6 +123,20 @@ impl Metadata {
         self.write_with(redb::Durability::None, f)
     }
 
+    /// [`Metadata::write_lazily`] when `lazily`, else [`Metadata::write`].
+    pub(crate) fn write_lazily_if<T>(
+        &self,
+        lazily: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        let durability = if lazily {
+            redb::Durability::None
+        } else {
+            redb::Durability::Immediate
+        };
+        self.write_with(durability, f)
+    }
+
     fn write_with<T>(
         &self,
         durability: redb::Durability,
