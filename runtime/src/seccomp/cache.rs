@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::SeccompProgram;
 
 /// Bumped whenever the entry format or the compile's output for a given key changes.
-const FORMAT: &str = "berth-seccomp-cache-v1";
+const FORMAT: &str = "berth-seccomp-cache-v2";
 
 /// Entries larger than this are not read (a compiled filter is at most 4096 × 8 bytes).
 const MAX_ENTRY: u64 = 1 << 20;
