@@ -248,6 +248,21 @@ def pss_kb(pid):
     return 0
 
 
+def settle_disk(timeout=60):
+    """Flushes dirty pages (the test images just built, the previous measure's files) before a
+    measure starts, so that neither side's fsyncs wait on writeback the suite itself caused."""
+    run(["sync"], timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        pending_kb = sum(int(info[k].split()[0]) for k in ("Dirty", "Writeback"))
+        if pending_kb < 4096:
+            return
+        time.sleep(0.2)
+    log("disk still busy after the settle timeout; measuring anyway")
+
+
 def loadavg():
     return float(open("/proc/loadavg").read().split()[0])
 
@@ -946,6 +961,7 @@ class Suite:
         if needs_crun:
             self.crun_na = self.hugetlb.acquire(self.cfg.hugetlb_dance)
         for key in order:
+            settle_disk()
             self.loads.append((key, loadavg()))
             log(f"measure {key} (load {self.loads[-1][1]:.2f})")
             t0 = time.monotonic()
