@@ -110,6 +110,9 @@ struct Shim {
     conns: Vec<Conn>,
     log: Option<Rc<RefCell<LogFile>>>,
     rootfs_mounted: bool,
+    /// The unmounted rootfs, kept alive by this descriptor until the answer is out (see
+    /// [`Shim::unmount_rootfs`]).
+    detached_rootfs: Option<OwnedFd>,
     cgroup_path: Option<String>,
     /// The cgroup file counting OOM kills (memory.oom_control on v1, memory.events on v2).
     oom_file: Option<PathBuf>,
@@ -175,6 +178,7 @@ pub fn run(
         conns: Vec::new(),
         log: None,
         rootfs_mounted: false,
+        detached_rootfs: None,
         cgroup_path: None,
         oom_file: None,
         freezer_file: None,
@@ -306,6 +310,8 @@ impl Shim {
                     }
                 }
             }
+            // Every answer of this round is written (or queued): a detached rootfs may go.
+            self.detached_rootfs = None;
             self.finish_exits();
             self.check_oom();
             self.conns.retain(|c| !c.closed);
@@ -978,9 +984,26 @@ impl Shim {
         Ok(())
     }
 
+    /// Detaches the rootfs at once; its teardown waits until the current answer is sent.
+    ///
+    /// Tearing down an overlay mount waits for an RCU grace period (it releases its private
+    /// layer mounts), 2–3 ms that the kernel spends in whichever task drops the mount's last
+    /// reference, on its way back from the syscall. An O_PATH descriptor of the mount's root,
+    /// opened before the detach, holds that last reference until the serve loop closes it
+    /// after replying: the mount is gone from the namespace before the answer, as before, and
+    /// nothing can reach it through a path while its superblock is released.
     fn unmount_rootfs(&mut self) {
         if self.rootfs_mounted {
             let rootfs = self.bundle.join("rootfs");
+            self.detached_rootfs = nix::fcntl::open(
+                &rootfs,
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok();
             if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
                 eprintln!("berth-shim: unmount {}: {e}", rootfs.display());
             }
