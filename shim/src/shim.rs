@@ -110,9 +110,11 @@ struct Shim {
     conns: Vec<Conn>,
     log: Option<Rc<RefCell<LogFile>>>,
     rootfs_mounted: bool,
-    /// The unmounted rootfs, kept alive by this descriptor until the answer is out (see
-    /// [`Shim::unmount_rootfs`]).
-    detached_rootfs: Option<OwnedFd>,
+    /// The init's mount namespace, held from create to delete (see [`Shim::create`]).
+    init_mnt_ns: Option<OwnedFd>,
+    /// Descriptors whose close tears something down (the detached rootfs, the init's mount
+    /// namespace), closed once the serve loop has written its answers.
+    release_after_reply: Vec<OwnedFd>,
     cgroup_path: Option<String>,
     /// The cgroup file counting OOM kills (memory.oom_control on v1, memory.events on v2).
     oom_file: Option<PathBuf>,
@@ -178,7 +180,8 @@ pub fn run(
         conns: Vec::new(),
         log: None,
         rootfs_mounted: false,
-        detached_rootfs: None,
+        init_mnt_ns: None,
+        release_after_reply: Vec::new(),
         cgroup_path: None,
         oom_file: None,
         freezer_file: None,
@@ -310,8 +313,8 @@ impl Shim {
                     }
                 }
             }
-            // Every answer of this round is written (or queued): a detached rootfs may go.
-            self.detached_rootfs = None;
+            // Every answer of this round is written (or queued): what waited for it may go.
+            self.release_after_reply.clear();
             self.finish_exits();
             self.check_oom();
             self.conns.retain(|c| !c.closed);
@@ -638,6 +641,16 @@ impl Shim {
         };
         let pid = reply.pid;
         proc.pid = pid;
+        // When the init, the last process of its mount namespace, exits, the kernel tears the
+        // namespace down (every mount of the container, an RCU grace period) before it
+        // signals the exit: about a millisecond between the container's end and its exit
+        // status. Holding the namespace moves that work to the delete, after its answer.
+        self.init_mnt_ns = nix::fcntl::open(
+            format!("/proc/{pid}/ns/mnt").as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok();
         let some = |s: String| (!s.is_empty()).then_some(s);
         self.cgroup_path = some(reply.cgroup);
         self.oom_file = some(reply.oom_file).map(PathBuf::from);
@@ -931,6 +944,7 @@ impl Shim {
         let exit = p.exit();
         self.with_runtime(|rt, id| rt.delete(id, true))?;
         self.unmount_rootfs();
+        self.release_after_reply.extend(self.init_mnt_ns.take());
         let untaken: Vec<api::ExitEvent> = self
             .procs
             .iter()
@@ -980,6 +994,7 @@ impl Shim {
             let _ = self.with_runtime(|rt, id| rt.delete(id, true));
         }
         self.unmount_rootfs();
+        self.release_after_reply.extend(self.init_mnt_ns.take());
         self.shutdown = true;
         Ok(())
     }
@@ -995,15 +1010,16 @@ impl Shim {
     fn unmount_rootfs(&mut self) {
         if self.rootfs_mounted {
             let rootfs = self.bundle.join("rootfs");
-            self.detached_rootfs = nix::fcntl::open(
+            if let Ok(fd) = nix::fcntl::open(
                 &rootfs,
                 nix::fcntl::OFlag::O_PATH
                     | nix::fcntl::OFlag::O_DIRECTORY
                     | nix::fcntl::OFlag::O_NOFOLLOW
                     | nix::fcntl::OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
-            )
-            .ok();
+            ) {
+                self.release_after_reply.push(fd);
+            }
             if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
                 eprintln!("berth-shim: unmount {}: {e}", rootfs.display());
             }
