@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::request_context;
 use crate::convert::{self, timestamp};
-use crate::{blocking, error::to_status};
+use crate::{blocking, error::to_status, inline};
 
 type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListContainerMessage, Status>> + Send>>;
 
@@ -100,8 +100,7 @@ impl Containers for ContainersService {
         let ctx = request_context(&req)?;
         let id = req.into_inner().id;
         tracing::Span::current().record("id", id.as_str());
-        let containers = self.containers.clone();
-        let c = blocking(move || containers.get(&ctx, &id)).await?;
+        let c = inline(|| self.containers.get(&ctx, &id))?;
         Ok(Response::new(pb::GetContainerResponse {
             container: Some(wire_container(&c)),
         }))

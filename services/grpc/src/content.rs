@@ -15,12 +15,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::request_context;
 use crate::convert::{self, timestamp};
-use crate::{blocking, error::to_status};
+use crate::{blocking, error::to_status, inline};
 
 /// How many infos go in one List response, as containerd does.
 const LIST_BATCH: usize = 100;
 /// The largest chunk one Read response carries.
 const READ_CHUNK: usize = 1 << 20;
+/// Reads up to this size are served on the request's worker in one message.
+const SMALL_READ: usize = 64 << 10;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -69,8 +71,7 @@ impl Content for ContentService {
     ) -> Result<Response<pb::InfoResponse>, Status> {
         let ctx = request_context(&req)?;
         let digest = convert::digest(&req.get_ref().digest).map_err(to_status)?;
-        let store = self.store.clone();
-        let info = blocking(move || store.info(&ctx, &digest)).await?;
+        let info = inline(|| self.store.info(&ctx, &digest))?;
         Ok(Response::new(pb::InfoResponse {
             info: Some(wire_info(&info)),
         }))
@@ -139,8 +140,7 @@ impl Content for ContentService {
         let req = req.into_inner();
         let digest = convert::digest(&req.digest).map_err(to_status)?;
         let offset = convert::size(req.offset, "offset").map_err(to_status)?;
-        let store = self.store.clone();
-        let reader = blocking(move || store.reader(&ctx, &digest)).await?;
+        let reader = inline(|| self.store.reader(&ctx, &digest))?;
         let reader: Arc<dyn berth_core::content::ReaderAt> = Arc::from(reader);
         let total = reader.size();
         if offset > total {
@@ -153,6 +153,21 @@ impl Content for ContentService {
         } else {
             total.min(offset.saturating_add(req.size as u64))
         };
+        if end - offset <= SMALL_READ as u64 {
+            // Manifests, indexes and configs: one read from the page cache, no reader thread.
+            let mut buf = vec![0u8; (end - offset) as usize];
+            read_full(reader.as_ref(), &mut buf, offset).map_err(to_status)?;
+            let msg = pb::ReadContentResponse {
+                offset: offset as i64,
+                data: buf,
+            };
+            let stream: Self::ReadStream = if end == offset {
+                Box::pin(tokio_stream::empty())
+            } else {
+                Box::pin(tokio_stream::once(Ok(msg)))
+            };
+            return Ok(Response::new(stream));
+        }
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::context::request_context;
 use crate::convert::{self, timestamp};
 use crate::diff::{descriptor, wire_descriptor};
-use crate::{blocking, error::to_status};
+use crate::{blocking, error::to_status, inline};
 
 /// The Images service.
 pub struct ImagesService {
@@ -85,8 +85,7 @@ impl Images for ImagesService {
         let ctx = request_context(&req)?;
         let name = req.into_inner().name;
         tracing::Span::current().record("id", name.as_str());
-        let images = self.images.clone();
-        let image = blocking(move || images.get(&ctx, &name)).await?;
+        let image = inline(|| self.images.get(&ctx, &name))?;
         // ctr dereferences `image` without a nil check: it is always set.
         Ok(Response::new(pb::GetImageResponse {
             image: Some(wire_image(&image)),

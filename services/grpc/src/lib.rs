@@ -164,6 +164,15 @@ pub fn routes(services: &Services) -> tonic::service::Routes {
     routes
 }
 
+/// Runs a point lookup `f` on the calling worker and maps its error to a status.
+///
+/// For reads of one record or one small blob: they touch cached pages and take microseconds,
+/// less than the two thread wake-ups of a hop to the blocking pool. Writes (which flush), scans
+/// and anything sized by the caller stay on [`blocking`].
+pub fn inline<T>(f: impl FnOnce() -> berth_core::Result<T>) -> Result<T, tonic::Status> {
+    f().map_err(error::to_status)
+}
+
 /// Runs `f` on a blocking thread inside the caller's tracing span and maps its error to a status.
 pub async fn blocking<T, F>(f: F) -> Result<T, tonic::Status>
 where

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::request_context;
 use crate::convert::{self, timestamp};
-use crate::{blocking, error::to_status};
+use crate::{blocking, error::to_status, inline};
 
 /// How many infos go in one List response, as containerd does.
 const LIST_BATCH: usize = 100;
@@ -151,9 +151,7 @@ impl Snapshots for SnapshotsService {
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let ctx = request_context(&req)?;
         let r = req.into_inner();
-        let mounts = self
-            .call(ctx, move |s, ctx| s.mounts(ctx, &r.snapshotter, &r.key))
-            .await?;
+        let mounts = inline(|| self.store.mounts(&ctx, &r.snapshotter, &r.key))?;
         Ok(Response::new(pb::MountsResponse {
             mounts: wire_mounts(&mounts),
         }))
@@ -190,9 +188,7 @@ impl Snapshots for SnapshotsService {
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let ctx = request_context(&req)?;
         let r = req.into_inner();
-        let info = self
-            .call(ctx, move |s, ctx| s.stat(ctx, &r.snapshotter, &r.key))
-            .await?;
+        let info = inline(|| self.store.stat(&ctx, &r.snapshotter, &r.key))?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(wire_info(&info)),
         }))
