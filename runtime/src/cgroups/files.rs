@@ -72,6 +72,31 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
 /// the start of the file, so the whole sequence of writes can be checked.
 pub(crate) fn write_raw(path: &Path, value: &str) -> io::Result<()> {
     let mut file = OpenOptions::new().append(true).open(path)?;
+    write_once(&mut file, value)
+}
+
+/// Writes each `(file name, value)` under `dir` in order, one write(2) per value as [`write`]
+/// does, opening each file once: the device rules are a few dozen writes to two files.
+pub(crate) fn write_sequence(dir: &Path, writes: &[(&str, String)]) -> Result<()> {
+    let mut open: Vec<(&str, fs::File)> = Vec::new();
+    for (name, value) in writes {
+        let path = dir.join(name);
+        let fail = |e| os_error(format!("write {} to {}", shown(value), path.display()), e);
+        let file = match open.iter().position(|(n, _)| n == name) {
+            Some(i) => &mut open[i].1,
+            None => {
+                let file = OpenOptions::new().append(true).open(&path).map_err(fail)?;
+                open.push((name, file));
+                let last = open.len() - 1;
+                &mut open[last].1
+            }
+        };
+        write_once(file, value).map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn write_once(file: &mut fs::File, value: &str) -> io::Result<()> {
     let written = file.write(value.as_bytes())?;
     if written != value.len() {
         return Err(io::Error::new(

@@ -452,10 +452,7 @@ impl V1Cgroup {
             return Ok(());
         }
         if let Some(dir) = self.dir("devices") {
-            for (file, rule) in devices::v1_writes(rules) {
-                files::write(&dir.join(file), &rule)?;
-            }
-            return Ok(());
+            return files::write_sequence(dir, &devices::v1_writes(rules));
         }
         // Without a v1 devices hierarchy the kernel still runs eBPF device programs attached
         // to the task's unified cgroup.
