@@ -5,6 +5,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_core::{Error, ErrorKind, Result};
@@ -45,6 +46,10 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
     /// Descriptors 3..3+N that pass to the container's process.
     pub preserve_fds: i32,
+    /// Read before the container's process is made: one byte means the rootfs is ready, end of
+    /// file that it never will be. Lets a caller mount the rootfs while the spec, seccomp
+    /// filter and cgroups are prepared; the mount namespace is copied only after this.
+    pub rootfs_ready: Option<Arc<OwnedFd>>,
 }
 
 /// Options of `exec`.
@@ -218,6 +223,9 @@ impl Runtime {
             console_socket,
             preserve_fds: opts.preserve_fds,
         };
+        if let Some(gate) = &opts.rootfs_ready {
+            wait_gate(gate)?;
+        }
         let pid = process::spawn(&stage, fds, &mut parent)?;
         let record = parent
             .record
@@ -733,6 +741,23 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     std::fs::write(&tmp, pid.to_string())
         .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// Waits for the caller's rootfs gate (see [`CreateOptions::rootfs_ready`]).
+fn wait_gate(gate: &OwnedFd) -> Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(gate.as_fd(), &mut byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) => {
+                return Err(Error::failed_precondition(
+                    "the rootfs was not made ready for the container",
+                ));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(sys_err("wait for the rootfs", e)),
+        }
+    }
 }
 
 fn wait_readable(fd: &OwnedFd, pid: i32, start: u64) -> Result<()> {

@@ -8,6 +8,7 @@
 //! safe; what the child starts (the container's init, an exec) is re-parented to the shim,
 //! which is a child subreaper, when the child exits. The child sends back one [`Reply`].
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 
@@ -46,6 +47,44 @@ pub struct Reply {
 /// Runs `f` in a forked child and returns its reply (an error it returned comes back as the
 /// same kind and message).
 pub fn run(f: impl FnOnce() -> Result<Reply>) -> Result<Reply> {
+    fork_helper(f, || Ok(()))
+}
+
+/// Runs `f` in a forked child while the shim runs `alongside`, then waits for the child's
+/// reply. `f` gets a gate: one byte arrives on it when `alongside` has succeeded, end of file
+/// when it has failed (and then `alongside`'s error is the one returned).
+pub fn run_gated(
+    f: impl FnOnce(OwnedFd) -> Result<Reply>,
+    alongside: impl FnOnce() -> Result<()>,
+) -> Result<Reply> {
+    let (gate_r, gate_w) = crate::io::pipe()?;
+    let (gate_r, gate_w) = (Cell::new(Some(gate_r)), Cell::new(Some(gate_w)));
+    fork_helper(
+        || {
+            // The child's copy of the write end would keep it from ever seeing end of file.
+            drop(gate_w.take());
+            let gate = gate_r
+                .take()
+                .ok_or_else(|| Error::internal("the rootfs gate is gone"))?;
+            f(gate)
+        },
+        || {
+            drop(gate_r.take());
+            let res = alongside();
+            if let (Ok(()), Some(w)) = (&res, gate_w.take()) {
+                // A helper that already failed is not reading; its reply says why.
+                let _ = std::fs::File::from(w).write_all(&[1]);
+            }
+            drop(gate_w.take());
+            res
+        },
+    )
+}
+
+fn fork_helper(
+    f: impl FnOnce() -> Result<Reply>,
+    alongside: impl FnOnce() -> Result<()>,
+) -> Result<Reply> {
     let (r, w) = crate::io::pipe()?;
     // SAFETY: the shim is single-threaded (no async runtime, no threads), so the child may
     // allocate and run anything; it leaves with _exit and never returns into the shim's loop.
@@ -71,9 +110,11 @@ pub fn run(f: impl FnOnce() -> Result<Reply>) -> Result<Reply> {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(w);
+            let beside = alongside();
             let reply = read_reply(r);
             // The child exits right after writing; reap it here so the poll loop never sees it.
             while let Err(nix::errno::Errno::EINTR) = waitpid(child, None) {}
+            beside?;
             let reply = reply?;
             match reply.error {
                 Some(e) => Err(Error::new(ErrorKind::from_name(&e.kind), e.message)),

@@ -1,9 +1,10 @@
 //! The OCI runtime a shim drives: Berth's own, in-process (no exec of a runtime binary on the
 //! way to the container), or an external runc-compatible binary (runc, crun, berth-runc).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use berth_core::{Error, ErrorKind, Result};
 use berth_runtime::{CreateOptions, ExecOptions, Runtime};
@@ -23,13 +24,16 @@ pub struct ChildStdio {
 
 /// What the shim needs from an OCI runtime.
 pub trait OciRuntime {
-    /// Creates the container from `bundle`; returns the init's pid.
+    /// Creates the container from `bundle`; returns the init's pid. When `rootfs_ready` is
+    /// given, the container's process is made only once a byte can be read from it (end of
+    /// file fails the create).
     fn create(
         &self,
         id: &str,
         bundle: &Path,
         stdio: ChildStdio,
         console: Option<&Path>,
+        rootfs_ready: Option<OwnedFd>,
     ) -> Result<i32>;
     /// Lets the init exec.
     fn start(&self, id: &str) -> Result<()>;
@@ -54,6 +58,23 @@ pub trait OciRuntime {
     fn pids(&self, id: &str) -> Result<Vec<i32>>;
     /// Applies new resources.
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()>;
+}
+
+/// Waits for one byte on `gate`; end of file means the rootfs will not be ready.
+fn wait_ready(gate: &OwnedFd) -> Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(gate.as_fd(), &mut byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) => {
+                return Err(Error::failed_precondition(
+                    "the rootfs was not made ready for the container",
+                ));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("wait for the rootfs", e.into())),
+        }
+    }
 }
 
 /// Runs `f` with `stdio` as descriptors 0, 1 and 2 of this process, then puts the shim's own
@@ -118,10 +139,12 @@ impl OciRuntime for Builtin {
         bundle: &Path,
         stdio: ChildStdio,
         console: Option<&Path>,
+        rootfs_ready: Option<OwnedFd>,
     ) -> Result<i32> {
         let opts = CreateOptions {
             bundle: bundle.to_path_buf(),
             console_socket: console.map(Path::to_path_buf),
+            rootfs_ready: rootfs_ready.map(Arc::new),
             ..CreateOptions::default()
         };
         with_stdio(&stdio, || self.runtime.create(id, &opts))
@@ -260,7 +283,11 @@ impl OciRuntime for External {
         bundle: &Path,
         stdio: ChildStdio,
         console: Option<&Path>,
+        rootfs_ready: Option<OwnedFd>,
     ) -> Result<i32> {
+        if let Some(gate) = rootfs_ready {
+            wait_ready(&gate)?;
+        }
         let pid_file = bundle.join("init.pid");
         let mut c = self.command();
         c.arg("create")

@@ -602,10 +602,6 @@ impl Shim {
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs)
                 .map_err(|e| Error::io(format!("create {}", rootfs.display()), e))?;
-            for m in &req.rootfs {
-                mount_rootfs(m, &rootfs)?;
-            }
-            self.rootfs_mounted = true;
         }
         let state_root = self.bundle.join("runtime");
         let runtime: Box<dyn OciRuntime> = if req.runtime_binary.is_empty() {
@@ -626,12 +622,24 @@ impl Shim {
         }
         let mut proc = Proc::new(stdio.clone());
         let (id, bundle, binary) = (&self.id, &self.bundle, &req.runtime_binary);
-        let res = self.launch(&mut proc, runtime.as_ref(), true, |rt, child, console| {
-            let pid = rt.create(id, bundle, child, console)?;
+        // The rootfs is mounted here while the helper reads the spec and makes the cgroups;
+        // the helper makes the container (and so copies the mount table) only after it.
+        let mut mounted = false;
+        let mount_all = || {
+            for m in &req.rootfs {
+                mount_rootfs(m, &rootfs)?;
+                mounted = true;
+            }
+            Ok(())
+        };
+        let created = |rt: &dyn OciRuntime, child, console: Option<&Path>, ready| {
+            let pid = rt.create(id, bundle, child, console, Some(ready))?;
             let mut reply = cgroup_files(bundle, &state_root, id, binary);
             reply.pid = pid;
             Ok(reply)
-        });
+        };
+        let res = self.launch(&mut proc, runtime.as_ref(), true, created, mount_all);
+        self.rootfs_mounted = mounted;
         let reply = match res {
             Ok(r) => r,
             Err(e) => {
@@ -661,15 +669,18 @@ impl Shim {
     }
 
     /// Sets up a process's stdio (pipes or a pty through a console socket), runs `f` to make
-    /// the process in a helper child (see [`isolate`]), and wires the pumps: to the client's paths (any may be empty: that stream
-    /// is then only logged, or read and dropped) and, when `logged`, to the task's log (the
-    /// init's output is logged, an exec's is not, as with Docker).
+    /// the process in a helper child (see [`isolate`]) while the shim runs `alongside` (`f`'s
+    /// last argument is the gate that opens when `alongside` has succeeded), and wires the
+    /// pumps: to the client's paths (any may be empty: that stream is then only logged, or
+    /// read and dropped) and, when `logged`, to the task's log (the init's output is logged,
+    /// an exec's is not, as with Docker).
     fn launch(
         &self,
         proc: &mut Proc,
         rt: &dyn OciRuntime,
         logged: bool,
-        f: impl FnOnce(&dyn OciRuntime, ChildStdio, Option<&Path>) -> Result<Reply>,
+        f: impl FnOnce(&dyn OciRuntime, ChildStdio, Option<&Path>, OwnedFd) -> Result<Reply>,
+        alongside: impl FnOnce() -> Result<()>,
     ) -> Result<Reply> {
         let stdio = proc.stdio.clone();
         let log = |s: Stream| {
@@ -701,7 +712,7 @@ impl Shim {
                 stdout: sio::dev_null()?,
                 stderr: sio::dev_null()?,
             };
-            let reply = isolate::run(|| f(rt, null, Some(&sock_path)));
+            let reply = isolate::run_gated(|gate| f(rt, null, Some(&sock_path), gate), alongside);
             let _ = std::fs::remove_file(&sock_path);
             let reply = reply?;
             let master = receive_master(&listener)?;
@@ -732,7 +743,7 @@ impl Shim {
             stdout: out_w,
             stderr: err_w,
         };
-        let reply = isolate::run(|| f(rt, child, None))?;
+        let reply = isolate::run_gated(|gate| f(rt, child, None, gate), alongside)?;
         for fd in [&in_w, &out_r, &err_r] {
             sio::set_nonblocking(fd.as_fd(), true)?;
         }
@@ -776,15 +787,16 @@ impl Shim {
             let spec = proc.spec.take().unwrap_or_default();
             let file = self.bundle.join(format!("exec-{exec_id}.json"));
             let id = self.id.clone();
-            self.launch(&mut proc, rt, false, |rt, child, console| {
+            let made = |rt: &dyn OciRuntime, child, console: Option<&Path>, _ready| {
                 let spec = parse_process(&spec)?;
                 let pid = rt.exec(&id, &spec, &file, child, console)?;
                 Ok(Reply {
                     pid,
                     ..Reply::default()
                 })
-            })
-            .map(|r| r.pid)
+            };
+            self.launch(&mut proc, rt, false, made, || Ok(()))
+                .map(|r| r.pid)
         };
         match res {
             Ok(pid) => {

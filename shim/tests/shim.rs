@@ -451,3 +451,54 @@ fn bad_requests_are_clear_errors() {
         .unwrap_err();
     assert!(e.message.contains("required"), "{}", e.message);
 }
+
+/// Whether a cgroup named `name` under the test's parent exists in any hierarchy.
+fn cgroup_exists(name: &str) -> bool {
+    let unified = Path::new("/sys/fs/cgroup/berth-shim-test").join(name);
+    let v1 = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().join("berth-shim-test").join(name).exists())
+        })
+        .unwrap_or(false);
+    unified.exists() || v1
+}
+
+#[test]
+fn a_rootfs_that_fails_to_mount_fails_create_and_leaves_nothing() {
+    for rt in RUNTIMES {
+        let mut b = Bundle::new(&["sh", "-c", "echo made"], false);
+        b.start_shim();
+        let mut c = b.connect();
+        // The mount runs while the helper prepares the container: its failure must reach the
+        // client and undo the helper's work (state, cgroup), not leave it waiting.
+        let missing = b.path().join("no-such-dir");
+        let e = c
+            .call(api::request::Body::Create(api::CreateRequest {
+                rootfs: vec![api::Mount {
+                    r#type: "bind".into(),
+                    source: missing.to_string_lossy().into_owned(),
+                    options: vec!["rbind".into()],
+                }],
+                stdio: Some(api::Stdio::default()),
+                runtime_binary: rt.into(),
+            }))
+            .unwrap_err();
+        assert!(e.message.contains("no-such-dir"), "{rt:?}: {}", e.message);
+        assert!(
+            !b.path().join("runtime").join(&b.id).exists(),
+            "{rt:?}: runtime state left behind"
+        );
+        assert!(!cgroup_exists(&b.id), "{rt:?}: cgroup left behind");
+        // The task can still be made, and runs.
+        let out = out_file(&b, "out");
+        let stdio = api::Stdio {
+            stdout: out.clone(),
+            ..api::Stdio::default()
+        };
+        create(&b, &mut c, stdio, rt);
+        start(&mut c, "");
+        assert_eq!(c.wait("").exit_status, 0, "{rt:?}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "made\n", "{rt:?}");
+    }
+}
