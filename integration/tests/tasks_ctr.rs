@@ -796,3 +796,35 @@ fn an_oom_kill_in_the_container_is_published() {
     assert_eq!(oom.container_id, id);
     ctr(&d, &ns, &["containers", "rm", &id]).ok();
 }
+
+#[test]
+fn a_shim_that_cannot_start_fails_the_create_with_its_reason() {
+    // berthd runs the berth-shim beside it: here, one that dies at once, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let berthd = dir.path().join("berthd");
+    std::fs::copy(berth_integration::bin("berthd"), &berthd).unwrap();
+    let shim = dir.path().join("berth-shim");
+    std::fs::write(
+        &shim,
+        "#!/bin/sh\necho 'shim refuses: no such thing' >&2\nexit 7\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ns = unique("noshim");
+    let (d, image, _img) =
+        berth_integration::import_test_image(Daemon::start_binary(berthd, &[]), &ns);
+    let id = unique("c");
+    let out = ctr(&d, &ns, &["run", "--rm", &image.name, &id, "true"]);
+    assert!(!out.output.status.success());
+    let err = out.stderr();
+    assert!(err.contains("did not start"), "{err}");
+    assert!(err.contains("shim refuses: no such thing"), "{err}");
+    // Nothing is left of the task; the daemon still answers.
+    assert!(task_status(&d, &ns, &id).is_none());
+    let ns_dir = d.state().join("tasks").join(&ns);
+    assert!(ns_dir.exists(), "{} was never made", ns_dir.display());
+    assert!(
+        !ns_dir.join(&id).exists(),
+        "the task's directory is left behind"
+    );
+}

@@ -24,10 +24,13 @@ use std::process::ExitCode;
 /// Command-line arguments (kept to std: clap would cost memory in every shim).
 struct Args {
     id: String,
-    namespace: String,
+    /// The task's namespace: required so `ps` shows it; the shim itself needs only the id.
+    _namespace: String,
     bundle: PathBuf,
     /// Where the built-in runtime caches compiled seccomp filters (berthd's state dir).
     seccomp_cache: Option<PathBuf>,
+    /// stdout is a connection from berthd, not a pipe awaiting "ready".
+    connected: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
     let mut namespace = None;
     let mut bundle = None;
     let mut seccomp_cache = None;
+    let mut connected = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -43,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
             "--namespace" => namespace = Some(value()?),
             "--bundle" => bundle = Some(PathBuf::from(value()?)),
             "--seccomp-cache" => seccomp_cache = Some(PathBuf::from(value()?)),
+            "--connected" => connected = true,
             "--version" => {
                 println!("berth-shim {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
@@ -52,9 +57,10 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         id: id.ok_or("--id is required")?,
-        namespace: namespace.ok_or("--namespace is required")?,
+        _namespace: namespace.ok_or("--namespace is required")?,
         bundle: bundle.ok_or("--bundle is required")?,
         seccomp_cache,
+        connected,
     })
 }
 
@@ -66,7 +72,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match shim::run(args.id, args.namespace, args.bundle, args.seccomp_cache) {
+    let start = shim::Start {
+        id: args.id,
+        bundle: args.bundle,
+        seccomp_cache: args.seccomp_cache,
+        connected: args.connected,
+    };
+    match shim::run(start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-shim: {e}");

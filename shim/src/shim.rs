@@ -131,13 +131,26 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a shim is started with.
+pub struct Start {
+    /// The task's id.
+    pub id: String,
+    /// The task's directory (its OCI bundle).
+    pub bundle: PathBuf,
+    /// Where the built-in runtime caches compiled seccomp filters.
+    pub seccomp_cache: Option<PathBuf>,
+    /// stdout is berthd's first connection rather than a pipe to tell "ready" on.
+    pub connected: bool,
+}
+
 /// Runs the shim until it is shut down.
-pub fn run(
-    id: String,
-    _namespace: String,
-    bundle: PathBuf,
-    seccomp_cache: Option<PathBuf>,
-) -> Result<()> {
+pub fn run(start: Start) -> Result<()> {
+    let Start {
+        id,
+        bundle,
+        seccomp_cache,
+        connected,
+    } = start;
     // Own session: the shim outlives berthd and must not get its terminal's signals.
     let _ = nix::unistd::setsid();
     nix::sys::prctl::set_child_subreaper(true)
@@ -162,11 +175,27 @@ pub fn run(
     std::fs::write(bundle.join("shim.pid"), std::process::id().to_string())
         .map_err(|e| Error::io("write shim.pid", e))?;
 
-    // Tell berthd the socket is up, then let go of its pipes: stdio becomes /dev/null and the
-    // shim's own messages go to shim.log.
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "ready");
-    let _ = out.flush();
+    // berthd's first connection arrives as stdout (its requests may already be waiting);
+    // otherwise tell whoever started the shim that the socket is up. Then let go of the
+    // starter's descriptors: stdio becomes /dev/null, the shim's own messages go to shim.log.
+    let first = if connected {
+        let fd = nix::fcntl::fcntl(
+            std::io::stdout().as_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+        )
+        .map_err(|e| Error::io("take berthd's connection", e.into()))?;
+        // SAFETY: `fd` was just returned by fcntl and is owned by nobody else.
+        let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("berthd's connection", e))?;
+        Some(stream)
+    } else {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+        None
+    };
     detach_stdio(&bundle.join("shim.log"));
 
     let mut shim = Shim {
@@ -188,6 +217,14 @@ pub fn run(
         oom_kills: 0,
         shutdown: false,
     };
+    if let Some(stream) = first {
+        shim.conns.push(Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+            closed: false,
+        });
+    }
     shim.serve(&listener, &sfd);
     let _ = std::fs::remove_file(&sock);
     Ok(())

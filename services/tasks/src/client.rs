@@ -35,6 +35,23 @@ impl ShimClient {
                 format!("connect to shim {}: {e}", socket.display()),
             )
         })?;
+        Ok(Self::over(stream, on_event))
+    }
+
+    /// A client over a stream already connected to a shim (one end of the socket pair a new
+    /// shim was started with).
+    pub fn from_std(
+        stream: std::os::unix::net::UnixStream,
+        on_event: impl Fn(api::Event) + Send + 'static,
+    ) -> Result<ShimClient> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("shim connection", e))?;
+        let stream = UnixStream::from_std(stream).map_err(|e| Error::io("shim connection", e))?;
+        Ok(Self::over(stream, on_event))
+    }
+
+    fn over(stream: UnixStream, on_event: impl Fn(api::Event) + Send + 'static) -> ShimClient {
         let (mut reader, writer) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let p = pending.clone();
@@ -70,11 +87,11 @@ impl ShimClient {
                 m.clear();
             }
         });
-        Ok(ShimClient {
+        ShimClient {
             writer: tokio::sync::Mutex::new(writer),
             pending,
             next: AtomicU64::new(1),
-        })
+        }
     }
 
     /// Sends a request and waits for its answer.

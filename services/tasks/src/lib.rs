@@ -28,7 +28,6 @@ use berth_core::{AnyValue, BoxFuture, Error, ErrorKind, Namespace, RequestContex
 use berth_proto::containerd::events as ev;
 use berth_shim_api as api;
 use prost::Message;
-use tokio::io::AsyncBufReadExt;
 
 pub use bundle::{
     DEFAULT_LOG_MAX_SIZE, ETC_FILES_LABEL, LOG_JSON_FILE, LOG_LABEL, LOG_MAX_SIZE_LABEL,
@@ -279,42 +278,37 @@ impl LocalTasks {
         }
     }
 
-    async fn spawn_shim(&self, ns: &str, id: &str, dir: &Path) -> Result<()> {
+    /// Starts a shim for the task in `dir`, connected from the start: its stdout is one end of
+    /// a socket pair, the other end is returned. A request can be written at once; the shim
+    /// reads it when it is up (no wait for its socket, no connect).
+    fn spawn_shim(
+        &self,
+        ns: &str,
+        id: &str,
+        dir: &Path,
+    ) -> Result<(tokio::process::Child, std::os::unix::net::UnixStream)> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("shim.log"))
             .map_err(|e| Error::io("open shim.log", e))?;
-        let mut child = tokio::process::Command::new(&self.shim_binary)
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::io("make the shim's socket pair", e))?;
+        let child = tokio::process::Command::new(&self.shim_binary)
             .args(["--id", id, "--namespace", ns, "--bundle"])
             .arg(dir)
             .arg("--seccomp-cache")
             .arg(&self.seccomp_cache)
+            .arg("--connected")
             .current_dir(dir)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
             .stderr(std::process::Stdio::from(log))
             .spawn()
             .map_err(|e| Error::io(format!("start {}", self.shim_binary.display()), e))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::internal("shim stdout"))?;
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::io::BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
-        // The shim lives on by itself; tokio reaps it if it ever exits while we run.
-        drop(child);
-        match read {
-            Ok(Ok(_)) if line.trim() == "ready" => Ok(()),
-            _ => Err(Error::internal(format!(
-                "shim for {id:?} did not start: {}",
-                std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
-            ))),
-        }
+        Ok((child, ours))
     }
 
     /// Finds the shims left by a previous berthd: reconnects to live ones, cleans up dead ones
@@ -533,27 +527,25 @@ impl LocalTasks {
         if !binary.is_empty() {
             cgroup_warm::prime();
         }
-        std::fs::write(dir.join("config.json"), spec)
-            .map_err(|e| Error::io("write config.json", e))?;
-        // Which runtime holds the container, for the clean-up after a dead shim.
-        std::fs::write(dir.join(RUNTIME_BINARY_FILE), binary)
-            .map_err(|e| Error::io(format!("write {RUNTIME_BINARY_FILE}"), e))?;
-        if bundle::wants_etc_files(labels) {
-            bundle::write_etc_files(dir, spec, Path::new("/etc"))?;
-        }
-        let mut stdio = stdio(&req.io);
-        if let Some((path, max)) =
-            bundle::log_target(labels, self.logs_dir.as_deref(), ctx.namespace.as_str(), id)?
-        {
-            stdio.log_path = path.to_string_lossy().into_owned();
-            stdio.log_max_size = max;
-        }
-        self.spawn_shim(ctx.namespace.as_str(), id, dir).await?;
-        let client = ShimClient::connect(
-            &dir.join("shim.sock"),
-            self.on_event(ctx.namespace.clone(), id.to_owned()),
-        )
-        .await?;
+        // The shim starts first: its exec and start-up overlap the writing of the bundle,
+        // which it reads only once Create arrives.
+        let (mut child, stream) = self.spawn_shim(ctx.namespace.as_str(), id, dir)?;
+        let client =
+            ShimClient::from_std(stream, self.on_event(ctx.namespace.clone(), id.to_owned()))?;
+        let shutdown = || async {
+            let _ = client
+                .call(api::request::Body::Shutdown(api::ShutdownRequest {
+                    now: true,
+                }))
+                .await;
+        };
+        let stdio = match self.write_bundle(ctx, labels, dir, spec, req, binary) {
+            Ok(stdio) => stdio,
+            Err(e) => {
+                shutdown().await;
+                return Err(e);
+            }
+        };
         let rootfs: Vec<api::Mount> = req
             .rootfs
             .iter()
@@ -574,14 +566,19 @@ impl LocalTasks {
             Ok(Some(api::response::Body::Pid(p))) => p.pid,
             Ok(_) => return Err(Error::internal("shim: unexpected answer to Create")),
             Err(e) => {
-                let _ = client
-                    .call(api::request::Body::Shutdown(api::ShutdownRequest {
-                        now: true,
-                    }))
-                    .await;
+                // A shim that never came up closed the connection: its log says why.
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::internal(format!(
+                        "shim for {id:?} did not start ({status}): {}",
+                        std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
+                    )));
+                }
+                shutdown().await;
                 return Err(e);
             }
         };
+        // The shim lives on by itself; tokio reaps it if it ever exits while berthd runs.
+        drop(child);
         let task = Arc::new(Task::new(dir.to_path_buf(), client, false));
         self.tasks
             .lock()
@@ -613,6 +610,39 @@ impl LocalTasks {
         // An init that died before the task was in the table had its exit event dropped.
         self.take_exits(&ctx.namespace, id, &task).await;
         Ok(pid)
+    }
+
+    /// Writes the bundle's files (spec, runtime record, /etc files) and says where the
+    /// task's stdio and log go.
+    fn write_bundle(
+        &self,
+        ctx: &RequestContext,
+        labels: &berth_core::labels::Labels,
+        dir: &Path,
+        spec: &[u8],
+        req: &CreateTask,
+        binary: &str,
+    ) -> Result<api::Stdio> {
+        let id = req.container_id.as_str();
+        std::fs::write(dir.join("config.json"), spec)
+            .map_err(|e| Error::io("write config.json", e))?;
+        // Which runtime holds the container, for the clean-up after a dead shim; no file
+        // means the built-in one.
+        if !binary.is_empty() {
+            std::fs::write(dir.join(RUNTIME_BINARY_FILE), binary)
+                .map_err(|e| Error::io(format!("write {RUNTIME_BINARY_FILE}"), e))?;
+        }
+        if bundle::wants_etc_files(labels) {
+            bundle::write_etc_files(dir, spec, Path::new("/etc"))?;
+        }
+        let mut stdio = stdio(&req.io);
+        if let Some((path, max)) =
+            bundle::log_target(labels, self.logs_dir.as_deref(), ctx.namespace.as_str(), id)?
+        {
+            stdio.log_path = path.to_string_lossy().into_owned();
+            stdio.log_max_size = max;
+        }
+        Ok(stdio)
     }
 
     fn exit_of(body: Option<api::response::Body>) -> Result<ExitInfo> {
@@ -671,7 +701,8 @@ impl LocalTasks {
     }
 }
 
-/// The file in a task's directory naming its external OCI runtime (empty: the built-in one).
+/// The file in a task's directory naming its external OCI runtime (absent or empty: the
+/// built-in one).
 const RUNTIME_BINARY_FILE: &str = "runtime-binary";
 
 /// Where deleted tasks' directories wait for removal, under the tasks root. Not a valid
