@@ -96,8 +96,7 @@ pub fn names(mask: u64) -> Vec<String> {
 /// The highest capability number the running kernel knows (`/proc/sys/kernel/cap_last_cap`).
 pub fn last_cap() -> Result<u8> {
     let path = "/proc/sys/kernel/cap_last_cap";
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    let text = crate::procfs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?;
     text.trim()
         .parse::<u8>()
         .ok()
@@ -314,8 +313,7 @@ pub fn current(pid: Option<i32>) -> Result<CapabilitySets> {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/thread-self/status".to_owned(),
     };
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    let text = crate::procfs::read(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
     parse_status(&text).map_err(|e| e.context(&path))
 }
 

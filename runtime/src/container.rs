@@ -685,7 +685,7 @@ impl Parent for CreateParent<'_> {
 
 /// `pid` as its innermost pid namespace numbers it: the last field of `NSpid` in its status.
 fn pid_in_own_namespace(pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = crate::procfs::read(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))?
@@ -849,7 +849,7 @@ fn cgroup_views(cgroup: &CgroupManager, plan: &Plan) -> Vec<CgroupView> {
     if cgroup.is_v2() && cgroupns {
         return vec![CgroupView::Unified];
     }
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let table = crate::procfs::read("/proc/self/mountinfo").unwrap_or_default();
     in_mount_order(&table, cgroup.mount_sources())
         .into_iter()
         // On a hybrid host the v2 tree beside the v1 ones is systemd's business, not the

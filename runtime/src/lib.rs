@@ -27,6 +27,7 @@ pub mod container;
 pub mod hooks;
 pub mod init;
 pub mod process;
+pub mod procfs;
 pub mod rdt;
 pub mod rlimits;
 pub mod rootfs;

@@ -273,7 +273,7 @@ fn fork_into(cgroup: Option<BorrowedFd<'_>>) -> Result<(ForkResult, bool)> {
 
 /// Refuses to go on in a process with more than one thread.
 pub fn ensure_single_threaded() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status")
+    let status = crate::procfs::read("/proc/self/status")
         .map_err(|e| Error::io("read /proc/self/status", e))?;
     let threads = status
         .lines()

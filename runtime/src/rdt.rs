@@ -30,7 +30,7 @@ pub struct Resctrl {
 impl Resctrl {
     /// The resctrl mount of this host, from `/proc/self/mountinfo`.
     pub fn find() -> Result<Resctrl> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo")
+        let info = crate::procfs::read("/proc/self/mountinfo")
             .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
         Self::from_mountinfo(&info).ok_or_else(|| {
             Error::failed_precondition(format!(

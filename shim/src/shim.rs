@@ -1323,7 +1323,7 @@ mod tests {
 
     /// The mount flags of `target` as /proc/self/mountinfo lists them.
     fn mount_options(target: &Path) -> Option<String> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let info = berth_runtime::procfs::read("/proc/self/mountinfo").ok()?;
         let target = target.to_str()?;
         info.lines()
             .rev()

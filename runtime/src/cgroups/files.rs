@@ -109,12 +109,12 @@ fn write_once(file: &mut fs::File, value: &str) -> io::Result<()> {
 
 /// Reads a whole cgroup file.
 pub(crate) fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| os_error(format!("read {}", path.display()), e))
+    crate::procfs::read(path).map_err(|e| os_error(format!("read {}", path.display()), e))
 }
 
 /// Reads a cgroup file that may legitimately be absent (older kernel, controller not enabled).
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
+    match crate::procfs::read(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(os_error(format!("read {}", path.display()), e)),

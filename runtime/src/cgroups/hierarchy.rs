@@ -143,7 +143,7 @@ pub(crate) fn cgroup_mounts(mounts: &[MountEntry]) -> (Vec<V1Hierarchy>, Option<
 
 /// Reads /proc/self/mountinfo.
 pub(crate) fn self_mounts() -> Result<Vec<MountEntry>> {
-    let content = std::fs::read_to_string("/proc/self/mountinfo")
+    let content = crate::procfs::read("/proc/self/mountinfo")
         .map_err(|e| super::files::os_error("read /proc/self/mountinfo", e))?;
     Ok(parse_mountinfo(&content))
 }

@@ -729,7 +729,7 @@ impl V1Cgroup {
 
 /// Whether the unified mount offers `controller` at its root.
 fn unified_offers(u: &V2Cgroup, controller: &str) -> bool {
-    fs::read_to_string(u.mount().join("cgroup.controllers"))
+    crate::procfs::read(u.mount().join("cgroup.controllers"))
         .is_ok_and(|s| s.split_whitespace().any(|c| c == controller))
 }
 
