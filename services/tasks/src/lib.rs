@@ -15,7 +15,7 @@ pub use cgroup_warm::prime as warm_cgroups;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -252,8 +252,15 @@ impl LocalTasks {
     }
 
     /// What to do with a shim's pushed events: an exit makes berthd take the shim's exits and
-    /// publish them; an OOM becomes a task event.
-    fn on_event(&self, ns: Namespace, id: String) -> impl Fn(api::Event) + Send + 'static {
+    /// publish them; an OOM becomes a task event. Every exit sets `exited` first, so a task
+    /// being created (not in the table yet, where the exit cannot be taken) finds out it must
+    /// take its exits once it is put there.
+    fn on_event(
+        &self,
+        ns: Namespace,
+        id: String,
+        exited: Arc<AtomicBool>,
+    ) -> impl Fn(api::Event) + Send + 'static {
         let me = self.me.clone();
         move |e: api::Event| {
             let Some(me) = me.upgrade() else {
@@ -261,7 +268,7 @@ impl LocalTasks {
             };
             match e.kind {
                 Some(api::event::Kind::Exit(_)) => {
-                    // A task not in the table yet takes its exits once it is put there.
+                    exited.store(true, Ordering::SeqCst);
                     if let Some(task) = me.lookup(ns.as_str(), &id) {
                         let (ns, id) = (ns.clone(), id.clone());
                         tokio::spawn(async move { me.take_exits(&ns, &id, &task).await });
@@ -337,7 +344,7 @@ impl LocalTasks {
                 let ctx = RequestContext::new(ns.clone());
                 let client = ShimClient::connect(
                     &dir.join("shim.sock"),
-                    self.on_event(ns.clone(), id.clone()),
+                    self.on_event(ns.clone(), id.clone(), Arc::default()),
                 )
                 .await;
                 match client {
@@ -530,8 +537,9 @@ impl LocalTasks {
         // The shim starts first: its exec and start-up overlap the writing of the bundle,
         // which it reads only once Create arrives.
         let (mut child, stream) = self.spawn_shim(ctx.namespace.as_str(), id, dir)?;
-        let client =
-            ShimClient::from_std(stream, self.on_event(ctx.namespace.clone(), id.to_owned()))?;
+        let exited = Arc::new(AtomicBool::new(false));
+        let on_event = self.on_event(ctx.namespace.clone(), id.to_owned(), exited.clone());
+        let client = ShimClient::from_std(stream, on_event)?;
         let shutdown = || async {
             let _ = client
                 .call(api::request::Body::Shutdown(api::ShutdownRequest {
@@ -566,8 +574,12 @@ impl LocalTasks {
             Ok(Some(api::response::Body::Pid(p))) => p.pid,
             Ok(_) => return Err(Error::internal("shim: unexpected answer to Create")),
             Err(e) => {
-                // A shim that never came up closed the connection: its log says why.
-                if let Ok(Some(status)) = child.try_wait() {
+                // A shim that never came up closed the connection as it exited (its exit
+                // status may follow a moment later): its log says why.
+                if e.kind() == ErrorKind::Unavailable
+                    && let Ok(Ok(status)) =
+                        tokio::time::timeout(Duration::from_secs(1), child.wait()).await
+                {
                     return Err(Error::internal(format!(
                         "shim for {id:?} did not start ({status}): {}",
                         std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
@@ -607,8 +619,12 @@ impl LocalTasks {
             pid,
         };
         self.publish(&ctx.namespace, "/tasks/create", any(&event));
-        // An init that died before the task was in the table had its exit event dropped.
-        self.take_exits(&ctx.namespace, id, &task).await;
+        // An init that died before the task was in the table had its exit event dropped: take
+        // it now. (An exit after the insertion is taken by the event itself; one racing with
+        // it may be asked for twice, and the second ask gets nothing.)
+        if exited.load(Ordering::SeqCst) {
+            self.take_exits(&ctx.namespace, id, &task).await;
+        }
         Ok(pid)
     }
 
