@@ -132,6 +132,17 @@ impl Runtime {
 
     /// Creates the container: its process is set up and waits for `start`; returns its pid.
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<i32> {
+        self.create_startable(id, opts).map(|(pid, _)| pid)
+    }
+
+    /// [`Runtime::create`], also saying what it takes to start the container without this
+    /// runtime ([`release_init`]): `None` when its start must run poststart hooks. For a caller
+    /// that lives on after the create (the shim), so the start need not load the record.
+    pub fn create_startable(
+        &self,
+        id: &str,
+        opts: &CreateOptions,
+    ) -> Result<(i32, Option<DirectStart>)> {
         validate_id(id)?;
         let _span = tracing::info_span!("create", id).entered();
         let dir = Record::dir(&self.root, id);
@@ -182,7 +193,7 @@ impl Runtime {
         plan: &Plan,
         cgroup: &CgroupManager,
         rdt: Option<&Resctrl>,
-    ) -> Result<i32> {
+    ) -> Result<(i32, Option<DirectStart>)> {
         let dir = Record::dir(&self.root, id);
         let fifo_path = dir.join(EXEC_FIFO);
         nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600))
@@ -235,7 +246,15 @@ impl Runtime {
             write_pid_file(p, pid)?;
         }
         tracing::debug!(pid, "created");
-        Ok(pid)
+        let direct = Phase::Poststart
+            .of(record.config.hooks().as_ref())
+            .is_empty()
+            .then_some(DirectStart {
+                fifo: fifo_path,
+                pid,
+                pid_start: record.pid_start,
+            });
+        Ok((pid, direct))
     }
 
     /// Lets a created container's process exec its program.
@@ -249,26 +268,12 @@ impl Runtime {
                 status.as_str()
             )));
         }
-        let fifo_path = Record::dir(&self.root, id).join(EXEC_FIFO);
-        let fifo = nix::fcntl::open(
-            &fifo_path,
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| sys_err(format!("open {}", fifo_path.display()), e))?;
-        wait_readable(&fifo, rec.pid, rec.pid_start)?;
-        let mut byte = [0u8; 1];
-        let mut file = std::fs::File::from(fifo);
-        let n = file
-            .read(&mut byte)
-            .map_err(|e| Error::io("read the exec FIFO", e))?;
-        if n == 0 {
-            return Err(Error::failed_precondition(format!(
-                "container {id:?}: its process exited before it could start"
-            )));
-        }
-        std::fs::remove_file(&fifo_path)
-            .map_err(|e| Error::io(format!("remove {}", fifo_path.display()), e))?;
+        let init = DirectStart {
+            fifo: Record::dir(&self.root, id).join(EXEC_FIFO),
+            pid: rec.pid,
+            pid_start: rec.pid_start,
+        };
+        release_init(&init, id)?;
         let list = Phase::Poststart.of(rec.config.hooks().as_ref());
         if !list.is_empty() {
             let state = state_json(&rec.oci_state(Status::Running));
@@ -741,6 +746,42 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     std::fs::write(&tmp, pid.to_string())
         .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// A created container's init, as [`release_init`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectStart {
+    /// The exec FIFO the init waits on.
+    pub fifo: PathBuf,
+    /// The init's host pid.
+    pub pid: i32,
+    /// The init's start time, to tell it from a reused pid.
+    pub pid_start: u64,
+}
+
+/// Lets a created container's init exec its program: takes its byte from the exec FIFO and
+/// removes the FIFO (the container is running from then on). The rest of a start (the status
+/// check, poststart hooks) is the caller's.
+pub fn release_init(init: &DirectStart, id: &str) -> Result<()> {
+    let fifo = nix::fcntl::open(
+        &init.fifo,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| sys_err(format!("open {}", init.fifo.display()), e))?;
+    wait_readable(&fifo, init.pid, init.pid_start)?;
+    let mut byte = [0u8; 1];
+    let mut file = std::fs::File::from(fifo);
+    let n = file
+        .read(&mut byte)
+        .map_err(|e| Error::io("read the exec FIFO", e))?;
+    if n == 0 {
+        return Err(Error::failed_precondition(format!(
+            "container {id:?}: its process exited before it could start"
+        )));
+    }
+    std::fs::remove_file(&init.fifo)
+        .map_err(|e| Error::io(format!("remove {}", init.fifo.display()), e))
 }
 
 /// Waits for the caller's rootfs gate (see [`CreateOptions::rootfs_ready`]).

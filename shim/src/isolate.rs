@@ -42,6 +42,12 @@ pub struct Reply {
     /// Cgroup statistics (stats).
     #[prost(message, optional, tag = "7")]
     pub metrics: Option<api::Metrics>,
+    /// The init's exec FIFO, when the shim may start the container by itself (create).
+    #[prost(string, tag = "8")]
+    pub exec_fifo: String,
+    /// The init's start time, with `exec_fifo`.
+    #[prost(uint64, tag = "9")]
+    pub init_start: u64,
 }
 
 /// Runs `f` in a forked child and returns its reply (an error it returned comes back as the

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use berth_core::{Error, ErrorKind, Result};
+use berth_runtime::container::DirectStart;
 use berth_runtime::{CreateOptions, ExecOptions, Runtime};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process};
@@ -24,9 +25,10 @@ pub struct ChildStdio {
 
 /// What the shim needs from an OCI runtime.
 pub trait OciRuntime {
-    /// Creates the container from `bundle`; returns the init's pid. When `rootfs_ready` is
-    /// given, the container's process is made only once a byte can be read from it (end of
-    /// file fails the create).
+    /// Creates the container from `bundle`; returns the init's pid and, when the runtime lets
+    /// the shim start the init by itself (the built-in one, without poststart hooks), what that
+    /// takes. When `rootfs_ready` is given, the container's process is made only once a byte
+    /// can be read from it (end of file fails the create).
     fn create(
         &self,
         id: &str,
@@ -34,7 +36,7 @@ pub trait OciRuntime {
         stdio: ChildStdio,
         console: Option<&Path>,
         rootfs_ready: Option<OwnedFd>,
-    ) -> Result<i32>;
+    ) -> Result<(i32, Option<DirectStart>)>;
     /// Lets the init exec.
     fn start(&self, id: &str) -> Result<()>;
     /// Signals the init (or every process).
@@ -140,14 +142,14 @@ impl OciRuntime for Builtin {
         stdio: ChildStdio,
         console: Option<&Path>,
         rootfs_ready: Option<OwnedFd>,
-    ) -> Result<i32> {
+    ) -> Result<(i32, Option<DirectStart>)> {
         let opts = CreateOptions {
             bundle: bundle.to_path_buf(),
             console_socket: console.map(Path::to_path_buf),
             rootfs_ready: rootfs_ready.map(Arc::new),
             ..CreateOptions::default()
         };
-        with_stdio(&stdio, || self.runtime.create(id, &opts))
+        with_stdio(&stdio, || self.runtime.create_startable(id, &opts))
     }
 
     fn start(&self, id: &str) -> Result<()> {
@@ -284,7 +286,7 @@ impl OciRuntime for External {
         stdio: ChildStdio,
         console: Option<&Path>,
         rootfs_ready: Option<OwnedFd>,
-    ) -> Result<i32> {
+    ) -> Result<(i32, Option<DirectStart>)> {
         if let Some(gate) = rootfs_ready {
             wait_ready(&gate)?;
         }
@@ -300,7 +302,7 @@ impl OciRuntime for External {
         }
         c.arg(id);
         self.spawn_with_stdio(c, stdio, "create")?;
-        read_pid(&pid_file)
+        Ok((read_pid(&pid_file)?, None))
     }
 
     fn start(&self, id: &str) -> Result<()> {

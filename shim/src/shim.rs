@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use berth_core::mount::flags_and_data;
 use berth_core::{Error, ErrorKind, Result};
+use berth_runtime::container::{DirectStart, release_init};
 use berth_shim_api as api;
 use bytes::BytesMut;
 use nix::errno::Errno;
@@ -115,6 +116,8 @@ struct Shim {
     /// Descriptors whose close tears something down (the detached rootfs, the init's mount
     /// namespace), closed once the serve loop has written its answers.
     release_after_reply: Vec<OwnedFd>,
+    /// Set when the runtime lets the shim start the init itself (no helper, no record load).
+    direct_start: Option<DirectStart>,
     cgroup_path: Option<String>,
     /// The cgroup file counting OOM kills (memory.oom_control on v1, memory.events on v2).
     oom_file: Option<PathBuf>,
@@ -211,6 +214,7 @@ pub fn run(start: Start) -> Result<()> {
         rootfs_mounted: false,
         init_mnt_ns: None,
         release_after_reply: Vec::new(),
+        direct_start: None,
         cgroup_path: None,
         oom_file: None,
         freezer_file: None,
@@ -670,9 +674,13 @@ impl Shim {
             Ok(())
         };
         let created = |rt: &dyn OciRuntime, child, console: Option<&Path>, ready| {
-            let pid = rt.create(id, bundle, child, console, Some(ready))?;
+            let (pid, direct) = rt.create(id, bundle, child, console, Some(ready))?;
             let mut reply = cgroup_files(bundle, &state_root, id, binary);
             reply.pid = pid;
+            if let Some(d) = direct {
+                reply.exec_fifo = d.fifo.to_string_lossy().into_owned();
+                reply.init_start = d.pid_start;
+            }
             Ok(reply)
         };
         let res = self.launch(&mut proc, runtime.as_ref(), true, created, mount_all);
@@ -699,6 +707,11 @@ impl Shim {
         let some = |s: String| (!s.is_empty()).then_some(s);
         self.cgroup_path = some(reply.cgroup);
         self.oom_file = some(reply.oom_file).map(PathBuf::from);
+        self.direct_start = some(reply.exec_fifo).map(|fifo| DirectStart {
+            fifo: PathBuf::from(fifo),
+            pid,
+            pid_start: reply.init_start,
+        });
         self.freezer_file = some(reply.freezer_file).map(PathBuf::from);
         self.runtime = Some(runtime);
         self.procs.insert(String::new(), proc);
@@ -819,7 +832,11 @@ impl Shim {
         }
         let res = if exec_id.is_empty() {
             let id = self.id.as_str();
-            isolate::run(|| rt.start(id).map(|()| Reply::default())).map(|_| proc.pid)
+            match self.direct_start.take() {
+                // The FIFO's open, one byte and an unlink: not worth a helper.
+                Some(init) => release_init(&init, id).map(|()| proc.pid),
+                None => isolate::run(|| rt.start(id).map(|()| Reply::default())).map(|_| proc.pid),
+            }
         } else {
             let spec = proc.spec.take().unwrap_or_default();
             let file = self.bundle.join(format!("exec-{exec_id}.json"));

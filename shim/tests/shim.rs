@@ -502,3 +502,50 @@ fn a_rootfs_that_fails_to_mount_fails_create_and_leaves_nothing() {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "made\n", "{rt:?}");
     }
 }
+
+#[test]
+fn start_runs_poststart_hooks_and_leaves_no_exec_fifo() {
+    for rt in RUNTIMES {
+        for hooked in [false, true] {
+            let mut b = Bundle::new(&["sh", "-c", "echo started"], false);
+            let marker = b.path().join("poststart-ran");
+            if hooked {
+                // A poststart hook runs on the host after the start, with the state on stdin.
+                let path = b.path().join("config.json");
+                let mut spec: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                spec["hooks"] = json!({"poststart": [{
+                    "path": "/bin/sh",
+                    "args": ["sh", "-c", format!("cat > {}", marker.display())]
+                }]});
+                std::fs::write(&path, spec.to_string()).unwrap();
+            }
+            b.start_shim();
+            let mut c = b.connect();
+            let out = out_file(&b, "out");
+            let stdio = api::Stdio {
+                stdout: out.clone(),
+                ..Default::default()
+            };
+            create(&b, &mut c, stdio, rt);
+            start(&mut c, "");
+            assert_eq!(c.wait("").exit_status, 0, "{rt:?} hooked={hooked}");
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), "started\n");
+            // The start took the init's byte from the exec FIFO and removed it.
+            let fifo = b.path().join("runtime").join(&b.id).join("exec.fifo");
+            assert!(!fifo.exists(), "{rt:?} hooked={hooked}: exec FIFO left");
+            if hooked {
+                let state = std::fs::read_to_string(&marker)
+                    .unwrap_or_else(|e| panic!("{rt:?}: the poststart hook did not run: {e}"));
+                assert!(state.contains(&b.id), "{state}");
+            } else {
+                assert!(!marker.exists());
+            }
+            // A second start is refused.
+            let e = c
+                .call(api::request::Body::Start(api::ProcessRef::default()))
+                .unwrap_err();
+            assert_eq!(e.kind, "failed precondition", "{rt:?}");
+        }
+    }
+}
