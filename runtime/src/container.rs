@@ -784,8 +784,9 @@ pub fn release_init(init: &DirectStart, id: &str) -> Result<()> {
         .map_err(|e| Error::io(format!("remove {}", init.fifo.display()), e))
 }
 
-/// Waits for the caller's rootfs gate (see [`CreateOptions::rootfs_ready`]).
-fn wait_gate(gate: &OwnedFd) -> Result<()> {
+/// Waits for a rootfs gate (see [`CreateOptions::rootfs_ready`]): one byte opens it, end of
+/// file fails.
+pub fn wait_gate(gate: &OwnedFd) -> Result<()> {
     let mut byte = [0u8; 1];
     loop {
         match nix::unistd::read(gate.as_fd(), &mut byte) {

@@ -1,13 +1,13 @@
 //! The OCI runtime a shim drives: Berth's own, in-process (no exec of a runtime binary on the
 //! way to the container), or an external runc-compatible binary (runc, crun, berth-runc).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use berth_core::{Error, ErrorKind, Result};
-use berth_runtime::container::DirectStart;
+use berth_runtime::container::{DirectStart, wait_gate};
 use berth_runtime::{CreateOptions, ExecOptions, Runtime};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process};
@@ -60,23 +60,6 @@ pub trait OciRuntime {
     fn pids(&self, id: &str) -> Result<Vec<i32>>;
     /// Applies new resources.
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()>;
-}
-
-/// Waits for one byte on `gate`; end of file means the rootfs will not be ready.
-fn wait_ready(gate: &OwnedFd) -> Result<()> {
-    let mut byte = [0u8; 1];
-    loop {
-        match nix::unistd::read(gate.as_fd(), &mut byte) {
-            Ok(1) => return Ok(()),
-            Ok(_) => {
-                return Err(Error::failed_precondition(
-                    "the rootfs was not made ready for the container",
-                ));
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::io("wait for the rootfs", e.into())),
-        }
-    }
 }
 
 /// Runs `f` with `stdio` as descriptors 0, 1 and 2 of this process, then puts the shim's own
@@ -288,7 +271,7 @@ impl OciRuntime for External {
         rootfs_ready: Option<OwnedFd>,
     ) -> Result<(i32, Option<DirectStart>)> {
         if let Some(gate) = rootfs_ready {
-            wait_ready(&gate)?;
+            wait_gate(&gate)?;
         }
         let pid_file = bundle.join("init.pid");
         let mut c = self.command();
