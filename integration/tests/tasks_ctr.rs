@@ -828,3 +828,61 @@ fn a_shim_that_cannot_start_fails_the_create_with_its_reason() {
         "the task's directory is left behind"
     );
 }
+
+/// A task's events, as `ctr run --rm` drives it: create, start, one exit (with the real status),
+/// then delete, in that order. berthd publishes the exit it takes with the shim's Delete answer
+/// before the delete, and never twice.
+#[test]
+fn a_run_publishes_create_start_exit_delete_in_order_and_the_exit_once() {
+    let ns = unique("seq");
+    let (d, image, _dir) = daemon_with_image(&ns);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut events = rt.block_on(async {
+        d.client(&ns)
+            .await
+            .events()
+            .subscribe(&[format!(r#"topic~="^/tasks/",namespace=={ns}"#)])
+            .await
+            .unwrap()
+    });
+    let id = unique("c");
+    let out = ctr(
+        &d,
+        &ns,
+        &["run", "--rm", &image.name, &id, "sh", "-c", "exit 5"],
+    );
+    assert_eq!(out.output.status.code(), Some(5), "{}", out.stderr());
+    let mut topics = Vec::new();
+    rt.block_on(async {
+        while topics.last().map(String::as_str) != Some("/tasks/delete") {
+            let e = tokio::time::timeout(Duration::from_secs(20), events.next())
+                .await
+                .expect("the task's events within 20s")
+                .unwrap()
+                .unwrap();
+            if e.topic == "/tasks/exit" {
+                let exit = <berth_proto::containerd::events::TaskExit as prost::Message>::decode(
+                    e.event.value.as_slice(),
+                )
+                .unwrap();
+                assert_eq!(
+                    (exit.container_id.as_str(), exit.exit_status),
+                    (id.as_str(), 5)
+                );
+            }
+            topics.push(e.topic);
+        }
+        // Nothing more for this task: in particular no second exit.
+        let more = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+        assert!(more.is_err(), "after the delete: {more:?}");
+    });
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
+}

@@ -87,6 +87,7 @@ impl Proc {
             pid: self.pid as u32,
             exit_status: self.exit_status,
             exited_at_ns: self.exited_at_ns,
+            exits: Vec::new(),
         }
     }
 }
@@ -586,7 +587,12 @@ impl Shim {
                     return None;
                 }
             },
-            B::Delete(p) => self.delete(&p.exec_id).map(R::Exit),
+            B::Delete(p) => self.delete(&p.exec_id).map(|mut exit| {
+                // Taken here, after the delete recorded its exits, so the daemon needs no
+                // TakeExits round trip (which would wait behind the unmounts after this reply).
+                exit.exits = self.take_exits().exits;
+                R::Exit(exit)
+            }),
             B::Stats(_) => self.stats().map(R::Metrics),
             B::Update(u) => self
                 .update(&u.resources)
@@ -965,19 +971,20 @@ impl Shim {
         })
     }
 
+    /// Whether the container's cgroup is frozen: v1's freezer.state says FROZEN, v2's
+    /// cgroup.events has "frozen 1".
+    fn frozen(&self) -> bool {
+        self.freezer_file
+            .as_deref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .is_some_and(|t| t.trim() == "FROZEN" || t.lines().any(|l| l == "frozen 1"))
+    }
+
     fn state(&self, exec_id: &str) -> Result<api::StateResponse> {
         let p = self.procs.get(exec_id).ok_or_else(|| not_found(exec_id))?;
         let mut status = p.status;
-        if status == api::Status::Running && exec_id.is_empty() {
-            // v1's freezer.state says FROZEN, v2's cgroup.events has "frozen 1".
-            let frozen = self
-                .freezer_file
-                .as_deref()
-                .and_then(|f| std::fs::read_to_string(f).ok())
-                .is_some_and(|t| t.trim() == "FROZEN" || t.lines().any(|l| l == "frozen 1"));
-            if frozen {
-                status = api::Status::Paused;
-            }
+        if status == api::Status::Running && exec_id.is_empty() && self.frozen() {
+            status = api::Status::Paused;
         }
         Ok(api::StateResponse {
             exec_id: exec_id.to_owned(),
@@ -1003,9 +1010,12 @@ impl Shim {
             return Ok(exit);
         }
         if p.status == api::Status::Running || p.reaped_at.is_some() {
-            return Err(Error::failed_precondition(
-                "task must be stopped before deletion",
-            ));
+            // The daemon asks no State first: this is where its status rule is kept.
+            let status = if self.frozen() { "paused" } else { "running" };
+            return Err(Error::failed_precondition(format!(
+                "task {:?} must be stopped before deletion: it is {status}",
+                self.id
+            )));
         }
         let exit = p.exit();
         self.with_runtime(|rt, id| rt.delete(id, true))?;

@@ -212,21 +212,49 @@ impl LocalTasks {
         let _held = task.exits.lock().await;
         task.recovered
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        let exits = match task
+        match task
             .client
             .call(api::request::Body::TakeExits(api::Empty {}))
             .await
         {
-            Ok(Some(api::response::Body::Exits(e))) => e.exits,
-            Ok(_) => {
-                tracing::warn!(id, "shim: unexpected answer to TakeExits");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(id, "take exits: {e}");
-                return;
-            }
+            Ok(Some(api::response::Body::Exits(e))) => self.publish_exits(ns, id, e.exits),
+            Ok(_) => tracing::warn!(id, "shim: unexpected answer to TakeExits"),
+            Err(e) => tracing::warn!(id, "take exits: {e}"),
+        }
+    }
+
+    /// Deletes process `exec_id` ("" for the task) in the shim and publishes the exits its
+    /// answer hands over, before the caller publishes the delete: under the same lock as
+    /// [`Self::take_exits`], so an exit taken by an event's handler is out first too.
+    async fn delete_and_take_exits(
+        &self,
+        ns: &Namespace,
+        id: &str,
+        task: &Task,
+        exec_id: &str,
+    ) -> Result<ExitInfo> {
+        let _held = task.exits.lock().await;
+        let body = task
+            .client
+            .call(api::request::Body::Delete(api::ProcessRef {
+                exec_id: exec_id.to_owned(),
+            }))
+            .await?;
+        let Some(api::response::Body::Exit(e)) = body else {
+            return Err(Error::internal("shim: unexpected answer to Delete"));
         };
+        task.recovered
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.publish_exits(ns, id, e.exits);
+        Ok(ExitInfo {
+            pid: e.pid,
+            exit_status: e.exit_status,
+            exited_at: from_ns(e.exited_at_ns),
+        })
+    }
+
+    /// Publishes exits handed over by the shim as `/tasks/exit`.
+    fn publish_exits(&self, ns: &Namespace, id: &str, exits: Vec<api::ExitEvent>) {
         for x in exits {
             let exit = ev::TaskExit {
                 container_id: id.to_owned(),
@@ -800,14 +828,11 @@ impl TaskManager for LocalTasks {
         id: &'a str,
     ) -> BoxFuture<'a, Result<ExitInfo>> {
         Box::pin(async move {
-            let task = self.checked(ctx, id, "", TaskOp::Delete).await?;
-            let exit = Self::exit_of(
-                task.client
-                    .call(api::request::Body::Delete(api::ProcessRef::default()))
-                    .await?,
-            )?;
-            // The exits go out before the delete, and before the shim (which keeps them) exits.
-            self.take_exits(&ctx.namespace, id, &task).await;
+            // The shim checks the status itself (as TaskOp::Delete would), so no State first.
+            let task = self.task(ctx, id)?;
+            let exit = self
+                .delete_and_take_exits(&ctx.namespace, id, &task, "")
+                .await?;
             // Nothing is left for the shim to do but exit: the reply is not waited for.
             let shim = Arc::clone(&task);
             tokio::spawn(async move {
@@ -842,14 +867,9 @@ impl TaskManager for LocalTasks {
     ) -> BoxFuture<'a, Result<ExitInfo>> {
         Box::pin(async move {
             let task = self.task(ctx, id)?;
-            let exit = Self::exit_of(
-                task.client
-                    .call(api::request::Body::Delete(api::ProcessRef {
-                        exec_id: exec_id.to_owned(),
-                    }))
-                    .await?,
-            )?;
-            self.take_exits(&ctx.namespace, id, &task).await;
+            let exit = self
+                .delete_and_take_exits(&ctx.namespace, id, &task, exec_id)
+                .await?;
             let e = ev::TaskDelete {
                 container_id: id.to_owned(),
                 pid: exit.pid,

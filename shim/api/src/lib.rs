@@ -284,7 +284,9 @@ pub struct StateResponse {
     pub stdio: Option<Stdio>,
 }
 
-/// How a process ended.
+/// How a process ended. The answer to Delete also hands over, as TakeExits would, the exits
+/// no daemon has taken yet: the daemon publishes them before the delete without a second
+/// round trip.
 #[derive(Clone, PartialEq, Message)]
 pub struct ExitResponse {
     #[prost(uint32, tag = "1")]
@@ -293,6 +295,8 @@ pub struct ExitResponse {
     pub exit_status: u32,
     #[prost(int64, tag = "3")]
     pub exited_at_ns: i64,
+    #[prost(message, repeated, tag = "4")]
+    pub exits: Vec<ExitEvent>,
 }
 
 /// The container's processes.
