@@ -539,3 +539,30 @@ fn records_survive_a_restart_and_keys_are_not_reused() {
     let seq = |k: &str| k.split('/').nth(1).unwrap().parse::<u64>().unwrap();
     assert!(before.iter().all(|b| seq(b) < seq(new)), "{before:?} {new}");
 }
+
+#[test]
+fn a_backend_removal_a_crash_undid_is_redone_by_the_next_collection() {
+    let s = Snaps::new();
+    let c = ctx("default");
+    s.layer(&c, "base", None, "f", labels(&[(ROOT_LABEL, "x")]));
+    let base_key = s
+        .backend_keys()
+        .into_iter()
+        .find(|k| k.ends_with("/base"))
+        .unwrap();
+    // The backend commits a removal without its own flush, after the metadata store has
+    // durably forgotten the snapshot. A crash in between brings the backend's record back,
+    // while its directory is already set aside or deleted: that state, made by hand.
+    let mounts = s
+        .backend
+        .prepare("default/97/lost", Some(&base_key), Labels::new())
+        .unwrap();
+    std::fs::remove_dir_all(dir_of(&mounts)).unwrap();
+    assert!(s.names(&c) == ["base"], "nothing records the lost removal");
+    // While it lingers its parent cannot go from the backend; the collection clears both.
+    s.store().remove(&c, SN, "base").unwrap();
+    assert_eq!(s.backend_keys().len(), 2, "{:?}", s.backend_keys());
+    s.env.md.collect().unwrap();
+    assert!(s.backend_keys().is_empty(), "{:?}", s.backend_keys());
+    assert!(s.names(&c).is_empty());
+}

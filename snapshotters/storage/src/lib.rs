@@ -186,7 +186,25 @@ impl MetaStore {
     /// that must not interleave with another writer's (renaming a snapshot directory into
     /// place, scanning for orphans).
     pub fn write<T>(&self, f: impl FnOnce(&WriteTx) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write().db("begin write transaction")?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// [`MetaStore::write`] whose commit is not flushed to disk by itself: the next durable
+    /// commit carries it, and a crash before that undoes it. Only for changes that something
+    /// else redoes when they are lost (see [`remove`]); it saves an fdatasync.
+    pub fn write_lazily<T>(&self, f: impl FnOnce(&WriteTx) -> Result<T>) -> Result<T> {
+        self.write_with(redb::Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&WriteTx) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self.db.begin_write().db("begin write transaction")?;
+        txn.set_durability(durability).map_err(|e| {
+            Error::internal(format!("snapshot metadata: set commit durability: {e}"))
+        })?;
         let tx = WriteTx { txn };
         match f(&tx) {
             Ok(value) => {
@@ -497,8 +515,15 @@ pub fn commit(
 /// deleted in the background ([`dirs::SnapshotDirs::discard`]). Once the record is gone the
 /// snapshot is gone, so files that resist deletion are logged and left as an orphan for
 /// [`cleanup`] rather than reported to a caller who could do nothing about them.
+///
+/// The record's removal is committed lazily ([`MetaStore::write_lazily`]). Berth removes a
+/// backend snapshot only after the metadata store has durably forgotten it, and garbage
+/// collection removes every backend snapshot the metadata does not record; so if a crash
+/// brings the record back (its directory gone or set aside), nothing refers to it and the next
+/// sweep removes it again. A removal that is not flushed by itself saves an fdatasync on every
+/// `run --rm`.
 pub fn remove(store: &MetaStore, dirs: &dirs::SnapshotDirs, key: &str) -> Result<()> {
-    let (id, _) = store.write(|tx| tx.remove(key))?;
+    let (id, _) = store.write_lazily(|tx| tx.remove(key))?;
     if let Err(e) = dirs.discard(&dirs.path(id)) {
         tracing::warn!(error = %e, key, id, "removing a snapshot directory; cleanup will retry");
     }
