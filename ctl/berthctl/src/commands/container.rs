@@ -593,7 +593,7 @@ async fn start_attached(
     exec_id: &str,
     mut attached: Attached,
     tty: bool,
-) -> Result<u32> {
+) -> Result<(u32, tempfile::TempDir)> {
     use tokio::signal::unix::{SignalKind, signal};
     let raw = if tty { RawTerminal::enter() } else { None };
     // Before Start: once the container runs, whoever sees its output may signal berthctl.
@@ -647,9 +647,9 @@ async fn start_attached(
             }
         }
     };
-    attached.drain(DRAIN_GRACE);
+    let fifos = attached.drain(DRAIN_GRACE);
     drop(raw);
-    Ok(exit.exit_status)
+    Ok((exit.exit_status, fifos))
 }
 
 fn exit_failure(status: u32) -> CmdResult {
@@ -710,6 +710,12 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
         start_attached(&client, &c.id, "", attached, opts.tty).await
     }
     .await;
+    // The FIFOs go while the container is removed.
+    let (result, fifos) = match result {
+        Ok((status, fifos)) => (Ok(status), Some(fifos)),
+        Err(e) => (Err(e), None),
+    };
+    let fifos_removed = tokio::task::spawn_blocking(move || drop(fifos));
     if args.rm {
         // The exit status is in: the task has stopped, and `c` names the snapshot, so the
         // lookups `rm` makes first are skipped (it is still the fallback for anything odd).
@@ -721,6 +727,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> CmdResult {
             crate::report(&e.context(format!("remove container {:?}", c.id)));
         }
     }
+    let _ = fifos_removed.await;
     exit_failure(result?)
 }
 
@@ -735,20 +742,27 @@ async fn remove_exited(client: &Client, c: &Container) -> Result<()> {
     remove_snapshot_and_record(client, c).await
 }
 
-/// Removes the snapshot of `c` (whose task is gone) and then its record.
+/// Removes the snapshot of `c` (whose task is gone) and its record, side by side: each is a
+/// durable commit of its own, and a snapshot left by a failed removal is no longer held by
+/// anything once the record is gone, so garbage collection takes it.
 async fn remove_snapshot_and_record(client: &Client, c: &Container) -> Result<()> {
-    if !c.snapshotter.is_empty() && !c.snapshot_key.is_empty() {
+    let snapshot = async {
+        if c.snapshotter.is_empty() || c.snapshot_key.is_empty() {
+            return Ok(());
+        }
         match client
             .snapshots(&c.snapshotter)
             .remove(&c.snapshot_key)
             .await
         {
-            Ok(()) => {}
-            Err(e) if e.is(ErrorKind::NotFound) => {}
-            Err(e) => return Err(e.context(format!("remove the snapshot of {:?}", c.id))),
+            Ok(()) => Ok(()),
+            Err(e) if e.is(ErrorKind::NotFound) => Ok(()),
+            Err(e) => Err(e.context(format!("remove the snapshot of {:?}", c.id))),
         }
-    }
-    client.containers().delete(&c.id).await
+    };
+    let containers = client.containers();
+    let (snapshot, record) = tokio::join!(snapshot, containers.delete(&c.id));
+    snapshot.and(record)
 }
 
 /// `berthctl start`.
@@ -770,7 +784,7 @@ pub async fn start(ctx: &Ctx, args: StartArgs) -> CmdResult {
         let attached = create_task(&client, &c, Some(opts))
             .await?
             .ok_or_else(|| Error::internal("attached stdio missing"))?;
-        let status = start_attached(&client, id, "", attached, tty).await?;
+        let (status, _fifos) = start_attached(&client, id, "", attached, tty).await?;
         return exit_failure(status);
     }
     super::remove_each(ctx, args.ids, |id| {
@@ -838,7 +852,7 @@ pub async fn exec(ctx: &Ctx, args: ExecArgs) -> CmdResult {
     if let Err(e) = client.tasks().delete_process(&args.id, &exec_id).await {
         tracing::debug!(error = %e, "delete the exec'd process");
     }
-    exit_failure(result?)
+    exit_failure(result?.0)
 }
 
 fn status_word(s: TaskStatus) -> &'static str {
