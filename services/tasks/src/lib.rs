@@ -315,9 +315,11 @@ impl LocalTasks {
 
     /// Starts a shim for the task in `dir`, connected from the start: its stdout is one end of
     /// a socket pair, the other end is returned. A request can be written at once; the shim
-    /// reads it when it is up (no wait for its socket, no connect).
+    /// reads it when it is up (no wait for its socket, no connect). Blocks until the shim has
+    /// exec'd (the spawn waits for that), so callers run it on a blocking thread.
     fn spawn_shim(
-        &self,
+        shim_binary: &Path,
+        seccomp_cache: &Path,
         ns: &str,
         id: &str,
         dir: &Path,
@@ -329,11 +331,11 @@ impl LocalTasks {
             .map_err(|e| Error::io("open shim.log", e))?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::io("make the shim's socket pair", e))?;
-        let child = tokio::process::Command::new(&self.shim_binary)
+        let child = tokio::process::Command::new(shim_binary)
             .args(["--id", id, "--namespace", ns, "--bundle"])
             .arg(dir)
             .arg("--seccomp-cache")
-            .arg(&self.seccomp_cache)
+            .arg(seccomp_cache)
             .arg("--connected")
             .current_dir(dir)
             .stdin(std::process::Stdio::null())
@@ -342,7 +344,7 @@ impl LocalTasks {
             )))
             .stderr(std::process::Stdio::from(log))
             .spawn()
-            .map_err(|e| Error::io(format!("start {}", self.shim_binary.display()), e))?;
+            .map_err(|e| Error::io(format!("start {}", shim_binary.display()), e))?;
         Ok((child, ours))
     }
 
@@ -562,9 +564,17 @@ impl LocalTasks {
         if !binary.is_empty() {
             cgroup_warm::prime();
         }
-        // The shim starts first: its exec and start-up overlap the writing of the bundle,
-        // which it reads only once Create arrives.
-        let (mut child, stream) = self.spawn_shim(ctx.namespace.as_str(), id, dir)?;
+        // The shim is spawned on a blocking thread (the spawn waits for its exec) while this
+        // one writes the bundle, which the shim reads only once Create arrives.
+        let spawning = tokio::task::spawn_blocking({
+            let (binary, cache) = (self.shim_binary.clone(), self.seccomp_cache.clone());
+            let (ns, id, dir) = (ctx.namespace.to_string(), id.to_owned(), dir.to_path_buf());
+            move || Self::spawn_shim(&binary, &cache, &ns, &id, &dir)
+        });
+        let written = self.write_bundle(ctx, labels, dir, spec, req, binary);
+        let (mut child, stream) = spawning
+            .await
+            .map_err(|e| Error::internal(format!("spawn the shim: {e}")))??;
         let exited = Arc::new(AtomicBool::new(false));
         let on_event = self.on_event(ctx.namespace.clone(), id.to_owned(), exited.clone());
         let client = ShimClient::from_std(stream, on_event)?;
@@ -575,7 +585,7 @@ impl LocalTasks {
                 }))
                 .await;
         };
-        let stdio = match self.write_bundle(ctx, labels, dir, spec, req, binary) {
+        let stdio = match written {
             Ok(stdio) => stdio,
             Err(e) => {
                 shutdown().await;
