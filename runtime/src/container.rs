@@ -18,7 +18,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process};
 
-use crate::cgroups::{CgroupEntry, CgroupManager, CgroupMountSource};
+use crate::cgroups::{CgroupEntry, CgroupFsMount, CgroupLayout, CgroupManager, CgroupMountSource};
 use crate::hooks::{self, Phase};
 use crate::init::InitOptions;
 use crate::process::{self, ChildFds, Parent, Stage};
@@ -167,7 +167,8 @@ impl Runtime {
             }
             None => None,
         };
-        let cgroup = CgroupManager::new(plan.cgroups_path.as_deref(), id)?;
+        let layout = CgroupLayout::detect()?;
+        let cgroup = CgroupManager::new_in(&layout, plan.cgroups_path.as_deref(), id)?;
         std::fs::create_dir(&dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Error::already_exists(format!("container with id {id:?} already exists"))
@@ -175,7 +176,7 @@ impl Runtime {
                 Error::io(format!("create {}", dir.display()), e)
             }
         })?;
-        let res = self.create_in(id, opts, &plan, &cgroup, rdt.as_ref());
+        let res = self.create_in(id, opts, &plan, (&layout, &cgroup), rdt.as_ref());
         if res.is_err() {
             let _ = cgroup.destroy();
             if let (Some(r), Some(p)) = (&rdt, &plan.intel_rdt) {
@@ -191,7 +192,7 @@ impl Runtime {
         id: &str,
         opts: &CreateOptions,
         plan: &Plan,
-        cgroup: &CgroupManager,
+        (layout, cgroup): (&CgroupLayout, &CgroupManager),
         rdt: Option<&Resctrl>,
     ) -> Result<(i32, Option<DirectStart>)> {
         let dir = Record::dir(&self.root, id);
@@ -212,7 +213,7 @@ impl Runtime {
         if let Some(r) = &plan.resources {
             cgroup.apply(&with_default_devices(r)?)?;
         }
-        let views = cgroup_views(cgroup, plan);
+        let views = cgroup_views(cgroup, layout.mounts(), plan);
         let stage = Stage::Init {
             plan,
             cgroups: views,
@@ -858,14 +859,16 @@ fn with_default_devices(r: &LinuxResources) -> Result<LinuxResources> {
 
 /// Orders the hierarchies as the host's mount table lists them (runc's order), each followed
 /// by its symlinks.
-fn in_mount_order(table: &str, sources: Vec<CgroupMountSource>) -> Vec<CgroupMountSource> {
-    let points: Vec<&str> = table.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+fn in_mount_order(
+    mounts: &[CgroupFsMount],
+    sources: Vec<CgroupMountSource>,
+) -> Vec<CgroupMountSource> {
     let rank = |dir: &Path| {
-        points
+        mounts
             .iter()
             .enumerate()
-            .filter(|(_, p)| dir.starts_with(p))
-            .max_by_key(|(_, p)| p.len())
+            .filter(|(_, m)| dir.starts_with(&m.mount_point))
+            .max_by_key(|(_, m)| m.mount_point.as_os_str().len())
             .map(|(i, _)| i)
             .unwrap_or(usize::MAX)
     };
@@ -886,20 +889,19 @@ fn in_mount_order(table: &str, sources: Vec<CgroupMountSource>) -> Vec<CgroupMou
 /// What a `cgroup` mount shows. With a cgroup namespace, new cgroup filesystems (which the
 /// namespace roots at the container's cgroup); without one, binds of the container's own
 /// directories (as runc).
-fn cgroup_views(cgroup: &CgroupManager, plan: &Plan) -> Vec<CgroupView> {
+fn cgroup_views(cgroup: &CgroupManager, mounts: &[CgroupFsMount], plan: &Plan) -> Vec<CgroupView> {
     let cgroupns = plan.has_namespace(CloneFlags::CLONE_NEWCGROUP);
     if cgroup.is_v2() && cgroupns {
         return vec![CgroupView::Unified];
     }
-    let table = crate::procfs::read("/proc/self/mountinfo").unwrap_or_default();
-    in_mount_order(&table, cgroup.mount_sources())
+    in_mount_order(mounts, cgroup.mount_sources())
         .into_iter()
         // On a hybrid host the v2 tree beside the v1 ones is systemd's business, not the
         // container's (runc does not show it either).
         .filter(|s| !matches!(s, CgroupMountSource::Bind { name, .. } if name == "unified"))
         .map(|s| match s {
             CgroupMountSource::Bind { name, host_dir } => {
-                match subsystems(&table, &host_dir).filter(|_| cgroupns && !name.is_empty()) {
+                match subsystems(mounts, &host_dir).filter(|_| cgroupns && !name.is_empty()) {
                     Some(options) => CgroupView::Fresh { name, options },
                     None => CgroupView::Hierarchy {
                         name,
@@ -913,22 +915,11 @@ fn cgroup_views(cgroup: &CgroupManager, plan: &Plan) -> Vec<CgroupView> {
 }
 
 /// The subsystems (super options minus rw/ro) of the v1 cgroup mount holding `dir`.
-fn subsystems(table: &str, dir: &Path) -> Option<String> {
-    table
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let point = pre.split(' ').nth(4)?;
-            let mut post = post.split(' ');
-            (post.next()? == "cgroup" && dir.starts_with(point))
-                .then(|| (point.len(), post.nth(1).unwrap_or_default().to_owned()))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, opts)| {
-            opts.split(',')
-                .filter(|o| *o != "rw" && *o != "ro")
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+fn subsystems(mounts: &[CgroupFsMount], dir: &Path) -> Option<String> {
+    mounts
+        .iter()
+        .filter(|m| m.fs_type == "cgroup" && dir.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .map(|m| m.options.clone())
         .filter(|o| !o.is_empty())
 }

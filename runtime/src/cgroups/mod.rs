@@ -62,6 +62,18 @@ const UNIFIED_MOUNTPOINT: &str = "/sys/fs/cgroup";
 #[derive(Debug, Clone)]
 pub struct CgroupLayout {
     inner: Layout,
+    mounts: Vec<CgroupFsMount>,
+}
+
+/// One cgroup or cgroup2 filesystem mount of the host, as its mount table lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupFsMount {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// "cgroup" or "cgroup2".
+    pub fs_type: String,
+    /// Its super options without "rw" and "ro" ("cpu,cpuacct", "xattr,name=systemd").
+    pub options: String,
 }
 
 #[derive(Debug, Clone)]
@@ -79,33 +91,48 @@ impl CgroupLayout {
     pub fn detect() -> Result<Self> {
         let mounts = hierarchy::self_mounts()?;
         let (v1, unified) = hierarchy::cgroup_mounts(&mounts);
-        if cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
+        // Kept so that what a container sees of them needs no second read of the mount table,
+        // whose text grows with every container running on the host.
+        let mounts = mounts
+            .into_iter()
+            .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+            .map(|m| CgroupFsMount {
+                mount_point: m.mount_point,
+                options: (m.super_opts.iter())
+                    .filter(|o| *o != "rw" && *o != "ro")
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(","),
+                fs_type: m.fs_type,
+            })
+            .collect();
+        let inner = if cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
             let root = unified
                 .filter(|u| u.mount == Path::new(UNIFIED_MOUNTPOINT))
                 .map_or_else(|| "/".to_string(), |u| u.root);
-            return Ok(Self {
-                inner: Layout::V2(UnifiedMount {
-                    mount: PathBuf::from(UNIFIED_MOUNTPOINT),
-                    root,
-                }),
-            });
-        }
-        if !v1.is_empty() {
-            return Ok(Self {
-                inner: Layout::V1 {
-                    hierarchies: v1,
-                    unified,
-                },
-            });
-        }
-        match unified {
-            Some(u) => Ok(Self {
-                inner: Layout::V2(u),
-            }),
-            None => Err(Error::failed_precondition(
+            Layout::V2(UnifiedMount {
+                mount: PathBuf::from(UNIFIED_MOUNTPOINT),
+                root,
+            })
+        } else if !v1.is_empty() {
+            Layout::V1 {
+                hierarchies: v1,
+                unified,
+            }
+        } else if let Some(u) = unified {
+            Layout::V2(u)
+        } else {
+            return Err(Error::failed_precondition(
                 "no cgroup filesystem is mounted (none in /proc/self/mountinfo)",
-            )),
-        }
+            ));
+        };
+        Ok(Self { inner, mounts })
+    }
+
+    /// The host's cgroup and cgroup2 mounts in mount-table order (empty for a layout made by
+    /// [`CgroupLayout::v2_at`]).
+    pub fn mounts(&self) -> &[CgroupFsMount] {
+        &self.mounts
     }
 
     /// A pure v2 layout with the unified tree mounted at `mount` (tests use a hybrid host's
@@ -116,6 +143,7 @@ impl CgroupLayout {
                 mount: mount.into(),
                 root: "/".to_string(),
             }),
+            mounts: Vec::new(),
         }
     }
 
