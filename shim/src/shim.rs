@@ -677,6 +677,9 @@ impl Shim {
                 mount_rootfs(m, &rootfs)?;
                 mounted = true;
             }
+            if mounted {
+                berth_runtime::rootfs::make_mount_points(&rootfs, &req.mount_points);
+            }
             Ok(())
         };
         let created = |rt: &dyn OciRuntime, child, console: Option<&Path>, ready| {

@@ -202,6 +202,7 @@ fn create(b: &Bundle, c: &mut Client, stdio: api::Stdio, runtime: &str) -> u32 {
         rootfs: vec![],
         stdio: Some(stdio),
         runtime_binary: runtime.into(),
+        ..Default::default()
     })) {
         Some(api::response::Body::Pid(p)) => {
             assert!(p.pid > 0, "{}", b.id);
@@ -466,6 +467,7 @@ fn a_rootfs_that_fails_to_mount_fails_create_and_leaves_nothing() {
                 }],
                 stdio: Some(api::Stdio::default()),
                 runtime_binary: rt.into(),
+                ..Default::default()
             }))
             .unwrap_err();
         assert!(e.message.contains("no-such-dir"), "{rt:?}: {}", e.message);
@@ -531,5 +533,85 @@ fn start_runs_poststart_hooks_and_leaves_no_exec_fifo() {
                 .unwrap_err();
             assert_eq!(e.kind, "failed precondition", "{rt:?}");
         }
+    }
+}
+
+/// Detaches a mount when the test ends, however it ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn an_overlay_rootfs_gets_the_mount_points_the_image_lacks_in_its_upper_layer() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for rt in RUNTIMES {
+        let mut b = Bundle::new(
+            &["sh", "-c", "cat /proc/self/stat > /dev/null && echo ok"],
+            false,
+        );
+        // The busybox tree becomes the image's one layer; the shim mounts an overlay of it.
+        let (lower, upper, work) = (
+            b.path().join("lower"),
+            b.path().join("upper"),
+            b.path().join("work"),
+        );
+        std::fs::rename(b.path().join("rootfs"), &lower).unwrap();
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::create_dir(&work).unwrap();
+        let _unmount = Unmount(b.path().join("rootfs"));
+        b.start_shim();
+        let mut c = b.connect();
+        let out = out_file(&b, "out");
+        let created = c.ok(api::request::Body::Create(api::CreateRequest {
+            rootfs: vec![api::Mount {
+                r#type: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    "index=off".into(),
+                    format!("workdir={}", work.display()),
+                    format!("upperdir={}", upper.display()),
+                    format!("lowerdir={}", lower.display()),
+                ],
+            }],
+            stdio: Some(api::Stdio {
+                stdout: out.clone(),
+                ..Default::default()
+            }),
+            runtime_binary: rt.into(),
+            // berthd names the spec's top-level mount targets; "early" (no mount of the
+            // spec's) shows that the shim made what it was given, and only that.
+            mount_points: vec![
+                "proc".into(),
+                "dev".into(),
+                "early".into(),
+                "../escape".into(),
+            ],
+        }));
+        assert!(
+            matches!(created, Some(api::response::Body::Pid(_))),
+            "{rt:?}: {created:?}"
+        );
+        // Made in the upper layer as the init makes mount points: directories, 0755, owned by
+        // root; /dev/pts lives in the /dev tmpfs, not on disk.
+        for name in ["proc", "dev", "early"] {
+            let m = std::fs::symlink_metadata(upper.join(name))
+                .unwrap_or_else(|e| panic!("{rt:?}: {name} not in the upper layer: {e}"));
+            assert!(m.is_dir(), "{rt:?}: {name}");
+            assert_eq!(m.permissions().mode() & 0o7777, 0o755, "{rt:?}: {name}");
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{rt:?}: {name}");
+        }
+        assert!(!upper.join("dev/pts").exists(), "{rt:?}");
+        assert!(
+            !lower.join("proc").exists(),
+            "{rt:?}: the image layer was written to"
+        );
+        start(&mut c, "");
+        assert_eq!(c.wait("").exit_status, 0, "{rt:?}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "ok\n", "{rt:?}");
+        c.ok(api::request::Body::Delete(api::ProcessRef::default()));
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use berth_core::{Error, Result};
 
@@ -62,9 +62,7 @@ pub fn wants_etc_files(labels: &BTreeMap<String, String>) -> bool {
 
 /// Writes `etc/hostname`, `etc/hosts` and `etc/resolv.conf` (0644) into `bundle` for the OCI
 /// `spec` (JSON); the host's own files are read from `host_etc` (`/etc` outside tests).
-pub fn write_etc_files(bundle: &Path, spec: &[u8], host_etc: &Path) -> Result<()> {
-    let spec: serde_json::Value = serde_json::from_slice(spec)
-        .map_err(|e| Error::invalid_argument(format!("the container's spec: {e}")))?;
+pub fn write_etc_files(bundle: &Path, spec: &serde_json::Value, host_etc: &Path) -> Result<()> {
     let hostname = spec["hostname"].as_str().unwrap_or_default();
     let own_network = spec["linux"]["namespaces"]
         .as_array()
@@ -98,6 +96,43 @@ pub fn write_etc_files(bundle: &Path, spec: &[u8], host_etc: &Path) -> Result<()
 }
 
 /// The host's resolv.conf without the resolvers only the host can reach (127.x, ::1); the
+/// The top-level directories of the rootfs that the spec's filesystem mounts go on (`proc`,
+/// `dev`, `sys`, `run`…), which the shim makes as soon as it has mounted the rootfs, while the
+/// runtime prepares the container (see `berth_runtime::rootfs::make_mount_points`). None when
+/// the spec has a user namespace (the container's root, not the shim, must own them) or a root
+/// other than the bundle's `rootfs`. Bind mounts are left to the runtime: their target is a
+/// file or a directory, as their source is.
+pub fn mount_points(spec: &serde_json::Value) -> Vec<String> {
+    let userns = spec["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "user"));
+    if userns || spec["root"]["path"] != "rootfs" {
+        return Vec::new();
+    }
+    let Some(mounts) = spec["mounts"].as_array() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for m in mounts {
+        let bind = m["type"] == "bind"
+            || m["options"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        let Some(dest) = m["destination"].as_str().filter(|_| !bind) else {
+            continue;
+        };
+        let mut parts = Path::new(dest).components();
+        if let (Some(Component::RootDir), Some(Component::Normal(name)), None) =
+            (parts.next(), parts.next(), parts.next())
+            && let Some(name) = name.to_str()
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
 /// fallback resolvers when none remain.
 fn container_resolv(host: &str) -> String {
     let mut out = String::new();
@@ -172,7 +207,7 @@ mod tests {
         );
         let bundle = tempfile::tempdir().unwrap();
         let spec = json!({"hostname": "web", "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
-        write_etc_files(bundle.path(), spec.to_string().as_bytes(), host.path()).unwrap();
+        write_etc_files(bundle.path(), &spec, host.path()).unwrap();
         assert_eq!(read(bundle.path(), "hostname"), "web\n");
         assert_eq!(
             read(bundle.path(), "hosts"),
@@ -189,7 +224,7 @@ mod tests {
         let host = host_etc("", "nameserver 127.0.0.11\noptions ndots:0\n");
         let bundle = tempfile::tempdir().unwrap();
         let spec = json!({"linux": {"namespaces": [{"type": "network"}]}});
-        write_etc_files(bundle.path(), spec.to_string().as_bytes(), host.path()).unwrap();
+        write_etc_files(bundle.path(), &spec, host.path()).unwrap();
         assert_eq!(read(bundle.path(), "hostname"), "\n");
         assert_eq!(
             read(bundle.path(), "hosts"),
@@ -206,7 +241,7 @@ mod tests {
         let host = host_etc("10.0.0.1 myhost\n", "nameserver 127.0.0.53\n");
         let bundle = tempfile::tempdir().unwrap();
         let spec = json!({"hostname": "h", "linux": {"namespaces": [{"type": "mount"}]}});
-        write_etc_files(bundle.path(), spec.to_string().as_bytes(), host.path()).unwrap();
+        write_etc_files(bundle.path(), &spec, host.path()).unwrap();
         assert_eq!(read(bundle.path(), "hosts"), "10.0.0.1 myhost\n");
         assert_eq!(
             read(bundle.path(), "resolv.conf"),
@@ -257,5 +292,37 @@ mod tests {
             let err = log_target(&bad, Some(logs.path()), "ns", "e").unwrap_err();
             assert!(err.is(berth_core::ErrorKind::InvalidArgument), "{err}");
         }
+    }
+
+    #[test]
+    fn mount_points_are_the_top_level_targets_of_filesystem_mounts() {
+        let spec = json!({
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
+                {"destination": "/sys/", "type": "sysfs", "source": "sysfs"},
+                {"destination": "/run", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/run", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/data", "type": "bind", "source": "/tmp"},
+                {"destination": "/other", "type": "none", "source": "/tmp", "options": ["rbind"]},
+                {"destination": "/../escape", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "relative", "type": "tmpfs", "source": "tmpfs"}
+            ],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+        });
+        assert_eq!(mount_points(&spec), ["proc", "dev", "sys", "run"]);
+    }
+
+    #[test]
+    fn no_mount_points_for_a_user_namespace_or_another_root() {
+        let mounts = json!([{"destination": "/proc", "type": "proc", "source": "proc"}]);
+        let userns = json!({"root": {"path": "rootfs"}, "mounts": mounts,
+            "linux": {"namespaces": [{"type": "user"}]}});
+        assert!(mount_points(&userns).is_empty());
+        let elsewhere = json!({"root": {"path": "/srv/root"}, "mounts": mounts});
+        assert!(mount_points(&elsewhere).is_empty());
+        assert!(mount_points(&json!("not a spec")).is_empty());
     }
 }

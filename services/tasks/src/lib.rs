@@ -585,8 +585,8 @@ impl LocalTasks {
                 }))
                 .await;
         };
-        let stdio = match written {
-            Ok(stdio) => stdio,
+        let (stdio, mount_points) = match written {
+            Ok(w) => w,
             Err(e) => {
                 shutdown().await;
                 return Err(e);
@@ -606,6 +606,7 @@ impl LocalTasks {
                 rootfs: rootfs.clone(),
                 stdio: Some(stdio),
                 runtime_binary: binary.to_owned(),
+                mount_points,
             }))
             .await;
         let pid = match created {
@@ -667,7 +668,7 @@ impl LocalTasks {
     }
 
     /// Writes the bundle's files (spec, runtime record, /etc files) and says where the
-    /// task's stdio and log go.
+    /// task's stdio and log go and which mount points the shim can make early.
     fn write_bundle(
         &self,
         ctx: &RequestContext,
@@ -676,7 +677,7 @@ impl LocalTasks {
         spec: &[u8],
         req: &CreateTask,
         binary: &str,
-    ) -> Result<api::Stdio> {
+    ) -> Result<(api::Stdio, Vec<String>)> {
         let id = req.container_id.as_str();
         std::fs::write(dir.join("config.json"), spec)
             .map_err(|e| Error::io("write config.json", e))?;
@@ -686,9 +687,18 @@ impl LocalTasks {
             std::fs::write(dir.join(RUNTIME_BINARY_FILE), binary)
                 .map_err(|e| Error::io(format!("write {RUNTIME_BINARY_FILE}"), e))?;
         }
+        // A spec that is not JSON gets no help here; the runtime reports what is wrong with it.
+        let parsed = serde_json::from_slice::<serde_json::Value>(spec);
         if bundle::wants_etc_files(labels) {
-            bundle::write_etc_files(dir, spec, Path::new("/etc"))?;
+            let parsed = parsed
+                .as_ref()
+                .map_err(|e| Error::invalid_argument(format!("the container's spec: {e}")))?;
+            bundle::write_etc_files(dir, parsed, Path::new("/etc"))?;
         }
+        let mount_points = parsed
+            .as_ref()
+            .map(bundle::mount_points)
+            .unwrap_or_default();
         let mut stdio = stdio(&req.io);
         if let Some((path, max)) =
             bundle::log_target(labels, self.logs_dir.as_deref(), ctx.namespace.as_str(), id)?
@@ -696,7 +706,7 @@ impl LocalTasks {
             stdio.log_path = path.to_string_lossy().into_owned();
             stdio.log_max_size = max;
         }
-        Ok(stdio)
+        Ok((stdio, mount_points))
     }
 
     fn exit_of(body: Option<api::response::Body>) -> Result<ExitInfo> {

@@ -197,6 +197,11 @@ pub struct CreateRequest {
     /// An external OCI runtime binary (runc, crun); "" for the built-in runtime.
     #[prost(string, tag = "3")]
     pub runtime_binary: String,
+    /// Top-level directories of the rootfs (`proc`, `dev`…) that the spec mounts over, made
+    /// as soon as `rootfs` is mounted, while the runtime prepares; empty when the container's
+    /// root, not the shim, must own them (a user namespace).
+    #[prost(string, repeated, tag = "4")]
+    pub mount_points: Vec<String>,
 }
 
 /// Signal a process (or, with `all`, every process of the container).
