@@ -117,6 +117,10 @@ struct Shim {
     /// Descriptors whose close tears something down (the detached rootfs, the init's mount
     /// namespace), closed once the serve loop has written its answers.
     release_after_reply: Vec<OwnedFd>,
+    /// `shim.pid`, written once the first round of answers is out when berthd's first request
+    /// (its Create) waits on the connection: a new file is a new inode, which on some disks
+    /// costs more than the rest of the shim's start-up.
+    pid_file: Option<PathBuf>,
     /// Set when the runtime lets the shim start the init itself (no helper, no record load).
     direct_start: Option<DirectStart>,
     cgroup_path: Option<String>,
@@ -176,8 +180,10 @@ pub fn run(start: Start) -> Result<()> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("set the listener non-blocking", e))?;
-    std::fs::write(bundle.join("shim.pid"), std::process::id().to_string())
-        .map_err(|e| Error::io("write shim.pid", e))?;
+    let pid_file = bundle.join("shim.pid");
+    if !connected {
+        write_pid_file(&pid_file)?;
+    }
 
     // berthd's first connection arrives as stdout (its requests may already be waiting);
     // otherwise tell whoever started the shim that the socket is up. Then let go of the
@@ -215,6 +221,7 @@ pub fn run(start: Start) -> Result<()> {
         rootfs_mounted: false,
         init_mnt_ns: None,
         release_after_reply: Vec::new(),
+        pid_file: connected.then_some(pid_file),
         direct_start: None,
         cgroup_path: None,
         oom_file: None,
@@ -233,6 +240,11 @@ pub fn run(start: Start) -> Result<()> {
     shim.serve(&listener, &sfd);
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+fn write_pid_file(path: &Path) -> Result<()> {
+    std::fs::write(path, std::process::id().to_string())
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 fn detach_stdio(log: &Path) {
@@ -357,6 +369,11 @@ impl Shim {
             }
             // Every answer of this round is written (or queued): what waited for it may go.
             self.release_after_reply.clear();
+            if let Some(path) = self.pid_file.take()
+                && let Err(e) = write_pid_file(&path)
+            {
+                eprintln!("berth-shim: {e}");
+            }
             self.finish_exits();
             self.check_oom();
             self.conns.retain(|c| !c.closed);

@@ -14,6 +14,7 @@ mod client;
 pub use cgroup_warm::prime as warm_cgroups;
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -681,6 +682,19 @@ impl LocalTasks {
         let id = req.container_id.as_str();
         std::fs::write(dir.join("config.json"), spec)
             .map_err(|e| Error::io("write config.json", e))?;
+        // The directories the shim would otherwise make first thing on Create (the rootfs's
+        // mount point, the built-in runtime's state root, 0700 as the runtime makes it): made
+        // here while the shim is still starting, the shim finds them and moves on.
+        if !req.rootfs.is_empty() {
+            std::fs::create_dir(dir.join("rootfs"))
+                .map_err(|e| Error::io("create the rootfs directory", e))?;
+        }
+        if binary.is_empty() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir.join("runtime"))
+                .map_err(|e| Error::io("create the runtime's state directory", e))?;
+        }
         // Which runtime holds the container, for the clean-up after a dead shim; no file
         // means the built-in one.
         if !binary.is_empty() {
