@@ -6,10 +6,11 @@ use std::path::Path;
 /// Reads a whole generated file, usually in two read(2)s. These files report a size of 0, so
 /// a plain `read_to_string` asks for the size (statx, lseek), then reads at most 8 KiB at a
 /// time: three more calls for a host's mountinfo, each regenerating the text up to where it
-/// stops. This reads into a buffer that doubles when a read fills it.
+/// stops. This reads into a buffer that doubles when a read fills it, starting at one page:
+/// most of these files are a few bytes, and a fresh buffer is zeroed and faulted in whole.
 pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 32 << 10];
+    let mut buf = vec![0u8; 4 << 10];
     let mut len = 0;
     loop {
         let n = match file.read(&mut buf[len..]) {
@@ -37,7 +38,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("long");
         let text: String = (0..10_000).map(|i| format!("line {i:05}\n")).collect();
-        assert!(text.len() > 3 * (32 << 10));
+        assert!(text.len() > 3 * (4 << 10));
         std::fs::write(&path, &text).unwrap();
         assert_eq!(super::read(&path).unwrap(), text);
         // A generated file (its size says 0) is read to its end.
