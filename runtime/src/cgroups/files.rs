@@ -220,6 +220,14 @@ pub(crate) fn remove_cgroup_dir(dir: &Path) -> Result<()> {
 }
 
 fn remove_tree(dir: &Path) -> io::Result<()> {
+    // Nearly always a leaf: one rmdir. The kernel refuses one with cgroups below it (EBUSY),
+    // and only then are they looked for, a listing of every control file of the directory.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if !is_errno(&e, libc::EBUSY) && !is_errno(&e, libc::ENOTEMPTY) => return Err(e),
+        Err(_) => {}
+    }
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
