@@ -124,9 +124,7 @@ impl Runtime {
 
     fn status_of(&self, rec: &Record) -> Status {
         rec.status(&self.root, || {
-            CgroupManager::load(&rec.cgroup_path)
-                .and_then(|c| c.is_frozen())
-                .unwrap_or(false)
+            rec.cgroup().and_then(|c| c.is_frozen()).unwrap_or(false)
         })
     }
 
@@ -224,6 +222,7 @@ impl Runtime {
         };
         let mut parent = CreateParent {
             cgroup,
+            layout,
             rdt,
             plan,
             id,
@@ -319,7 +318,7 @@ impl Runtime {
                 "container {id:?} is not running"
             )));
         }
-        let cgroup = CgroupManager::load(&rec.cgroup_path)?;
+        let cgroup = rec.cgroup()?;
         if all {
             for pid in cgroup.pids()? {
                 match kill(Pid::from_raw(pid), signal) {
@@ -348,7 +347,7 @@ impl Runtime {
         };
         let _span = tracing::info_span!("delete", id).entered();
         let status = self.status_of(&rec);
-        let cgroup = CgroupManager::load(&rec.cgroup_path)?;
+        let cgroup = rec.cgroup()?;
         match status {
             Status::Stopped => {}
             Status::Created | Status::Creating => {
@@ -482,7 +481,7 @@ impl Runtime {
                 LinuxNamespaceType::Time => spec::CLONE_NEWTIME,
             };
         }
-        let cgroup = CgroupManager::load(&rec.cgroup_path)?;
+        let cgroup = rec.cgroup()?;
         let personality = match rec
             .config
             .linux()
@@ -517,7 +516,7 @@ impl Runtime {
     /// Host pids of every process in the container.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         let rec = self.load(id)?;
-        CgroupManager::load(&rec.cgroup_path)?.pids()
+        rec.cgroup()?.pids()
     }
 
     /// Freezes a running container.
@@ -530,7 +529,7 @@ impl Runtime {
                 status.as_str()
             )));
         }
-        CgroupManager::load(&rec.cgroup_path)?.freeze()
+        rec.cgroup()?.freeze()
     }
 
     /// Thaws a paused container.
@@ -543,13 +542,13 @@ impl Runtime {
                 status.as_str()
             )));
         }
-        CgroupManager::load(&rec.cgroup_path)?.thaw()
+        rec.cgroup()?.thaw()
     }
 
     /// The container's cgroup, for stats and updates.
     pub fn cgroup(&self, id: &str) -> Result<CgroupManager> {
         let rec = self.load(id)?;
-        CgroupManager::load(&rec.cgroup_path)
+        rec.cgroup()
     }
 
     /// Applies new resource limits to a live container.
@@ -560,7 +559,7 @@ impl Runtime {
                 "container {id:?} is not running"
             )));
         }
-        CgroupManager::load(&rec.cgroup_path)?.apply(resources)
+        rec.cgroup()?.apply(resources)
     }
 
     /// `run`: create and start, then (unless `detach`) wait for the init, forwarding signals,
@@ -627,6 +626,7 @@ pub fn wait_forwarding_signals(pid: i32) -> Result<i32> {
 
 struct CreateParent<'a> {
     cgroup: &'a CgroupManager,
+    layout: &'a CgroupLayout,
     rdt: Option<&'a Resctrl>,
     plan: &'a Plan,
     id: &'a str,
@@ -671,6 +671,7 @@ impl Parent for CreateParent<'_> {
             rootfs: self.plan.rootfs.clone(),
             created: self.created.clone(),
             cgroup_path: self.cgroup.path().to_owned(),
+            cgroup_layout: Some(self.layout.clone()),
             config: self.plan.spec.clone(),
         };
         let state = record.oci_state(Status::Creating);

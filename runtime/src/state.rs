@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use berth_core::{Error, ErrorKind, Result};
 use oci_spec::runtime::Spec;
+
+use crate::cgroups::{CgroupLayout, CgroupManager};
 use serde::{Deserialize, Serialize};
 
 /// The name of the FIFO the init blocks on until `start`.
@@ -59,11 +61,22 @@ pub struct Record {
     pub created: String,
     /// The cgroup path the container was placed in.
     pub cgroup_path: String,
+    /// The host's cgroup layout at create (absent in records of older versions: detected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_layout: Option<CgroupLayout>,
     /// The spec the container was created from (hooks, process defaults for exec).
     pub config: Spec,
 }
 
 impl Record {
+    /// The container's cgroup, on the layout recorded at create when there is one.
+    pub fn cgroup(&self) -> Result<CgroupManager> {
+        match &self.cgroup_layout {
+            Some(layout) => CgroupManager::load_in(layout, &self.cgroup_path),
+            None => CgroupManager::load(&self.cgroup_path),
+        }
+    }
+
     /// The container's state directory under `root`.
     pub fn dir(root: &Path, id: &str) -> PathBuf {
         root.join(id)
@@ -237,5 +250,37 @@ mod tests {
         assert!(process_alive(pid, start));
         assert!(!process_alive(pid, start + 1));
         assert!(!process_alive(0, 0));
+    }
+
+    #[test]
+    fn the_cgroup_is_reopened_on_the_recorded_layout_and_old_records_still_load() {
+        let spec: Spec = serde_json::from_str(r#"{"ociVersion": "1.0.2"}"#).unwrap();
+        let mut rec = Record {
+            id: "c".into(),
+            pid: 1,
+            pid_start: 1,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: format_rfc3339(0, 0),
+            cgroup_path: "/berth/ns/c".into(),
+            cgroup_layout: Some(CgroupLayout::v2_at("/recorded/unified")),
+            config: spec,
+        };
+        // Through the state file and back, the recorded layout (one no host has) is used.
+        let json = serde_json::to_vec(&rec).unwrap();
+        let back: Record = serde_json::from_slice(&json).unwrap();
+        let sources = back.cgroup().unwrap().mount_sources();
+        assert!(
+            matches!(&sources[..], [crate::cgroups::CgroupMountSource::Bind { host_dir, .. }]
+                if host_dir == Path::new("/recorded/unified/berth/ns/c")),
+            "{sources:?}"
+        );
+        // A record written before the field existed has none, and detects the host's.
+        rec.cgroup_layout = None;
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(!json.contains("cgroup_layout"));
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert!(back.cgroup_layout.is_none());
+        assert_eq!(back.cgroup().unwrap().path(), "/berth/ns/c");
     }
 }

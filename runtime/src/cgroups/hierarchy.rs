@@ -27,7 +27,7 @@ const V1_CONTROLLERS: &[&str] = &[
 ];
 
 /// One mounted v1 hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct V1Hierarchy {
     /// Its controllers ("cpu", "cpuacct"), or "name=systemd" for a named hierarchy.
     pub controllers: Vec<String>,
@@ -39,7 +39,7 @@ pub(crate) struct V1Hierarchy {
 }
 
 /// The cgroup2 mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct UnifiedMount {
     /// Where it is mounted.
     pub mount: PathBuf,

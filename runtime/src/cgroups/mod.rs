@@ -58,15 +58,16 @@ use hierarchy::{UnifiedMount, V1Hierarchy};
 /// Where a pure cgroup v2 host mounts the unified tree.
 const UNIFIED_MOUNTPOINT: &str = "/sys/fs/cgroup";
 
-/// The host's cgroup filesystems.
-#[derive(Debug, Clone)]
+/// The host's cgroup filesystems. A container's state records the layout it was made on, so
+/// what comes later (delete, pause, stats) need not read the host's mount table again.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CgroupLayout {
     inner: Layout,
     mounts: Vec<CgroupFsMount>,
 }
 
 /// One cgroup or cgroup2 filesystem mount of the host, as its mount table lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupFsMount {
     /// Where it is mounted.
     pub mount_point: PathBuf,
@@ -76,7 +77,8 @@ pub struct CgroupFsMount {
     pub options: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Layout {
     V1 {
         hierarchies: Vec<V1Hierarchy>,
