@@ -28,7 +28,11 @@ export LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$libdir
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 out=$target_dir/shim/berth-shim
 order=${ORDER_FILE:-$repo_root/shim/hot-symbols.txt}
-flags=(-C target-feature=+crt-static -C relocation-model=static)
+# Segments start on 64 KiB boundaries: the kernel maps a file's pages around a fault in 64 KiB
+# windows aligned to the address, and a text segment that starts a page or two past one (as
+# .rodata grows) spreads the hot code below over one window more.
+flags=(-C target-feature=+crt-static -C relocation-model=static
+    -C link-arg=-Wl,-z,max-page-size=65536)
 if [ "${NO_ORDER:-0}" != 1 ]; then
     # Named by content, so a new list changes the arguments and cargo relinks.
     mkdir -p "$target_dir/shim"
