@@ -1103,6 +1103,34 @@ def versions(bindir):
     }
 
 
+def work_filesystem(path):
+    """What the daemons' roots and state sit on: both sides create and remove thousands of
+    files, and the file system's cost per inode moves every figure (docs/performance.md)."""
+    best = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                fields, after = pre.split(" "), post.split(" ")
+                point = fields[4].replace("\\040", " ")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and (best is None or len(point) > len(best[0])):
+                    best = (point, after[0], after[1], after[2].strip())
+    except OSError:
+        return "unknown"
+    if best is None:
+        return "unknown"
+    point, fstype, source, opts = best
+    notes = [o for o in opts.split(",") if o in ("discard", "nobarrier", "data=writeback")]
+    if fstype == "ext4":
+        # A journal shows as /proc/fs/jbd2/<device>-<journal inode>.
+        dev = os.path.basename(os.path.realpath(source))
+        journals = os.listdir("/proc/fs/jbd2") if os.path.isdir("/proc/fs/jbd2") else []
+        if not any(n.startswith(dev + "-") for n in journals):
+            notes.append("no journal")
+    return f"{path} on {fstype} at {point}" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bin", required=True, help="the release target directory")
@@ -1128,6 +1156,7 @@ def main():
     report = {
         "date": started,
         "host": os.uname().nodename,
+        "work_filesystem": work_filesystem(cfg.tmp),
         "versions": versions(args.bin),
         "config": cfg.as_dict(),
         "berthctl": suite.berthctl_caps,
@@ -1143,7 +1172,8 @@ def main():
     print(f"\nBerth {v['berth_commit']} vs {v['containerd']}, {v['runc'].split(' version ')[-1]} "
           f"(runc), {v['crun']}; {started}; load (1 min) {min(loads):.2f}–{max(loads):.2f}; "
           f"{cfg.runs} runs after {cfg.warmup} warm-up for run/runtime/snapshot, "
-          f"{cfg.runs_long} for {cfg.many} containers, {cfg.runs_pull} pulls"
+          f"{cfg.runs_long} for {cfg.many} containers, {cfg.runs_pull} pulls; "
+          f"work directory {report['work_filesystem']}"
           + (" [QUICK]" if cfg.quick else "") + "\n")
     print(table(suite))
     print(f"\nraw runs: {path}")
