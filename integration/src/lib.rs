@@ -299,6 +299,25 @@ pub fn reap_tasks(state: &Path) {
     }
 }
 
+/// The shim of a task directory: its `shim.pid`, or, for a shim that never answered its
+/// first request (it writes the file after), the berth-shim process started on that bundle.
+fn shim_pid(dir: &Path) -> Option<i32> {
+    if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        return Some(pid);
+    }
+    let bundle = dir.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let mut args = cmdline.split(|b| *b == 0);
+        let is_shim = args.next()?.ends_with(b"berth-shim");
+        (is_shim && args.any(|a| a == bundle)).then_some(pid)
+    })
+}
+
 fn reap_task_dirs(namespaces: &[std::fs::DirEntry]) {
     for ns in namespaces {
         let Ok(tasks) = std::fs::read_dir(ns.path()) else {
@@ -306,10 +325,7 @@ fn reap_task_dirs(namespaces: &[std::fs::DirEntry]) {
         };
         for task in tasks.flatten() {
             let dir = task.path();
-            if let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
+            if let Some(pid) = shim_pid(&dir) {
                 let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                     .unwrap_or_default();
                 for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
