@@ -366,9 +366,25 @@ class Berthd(Daemon):
                 pids.append(pid)
         return pids
 
+    def stray_shims(self):
+        """Shims of this berthd's state found by their command line (one that never answered
+        its first request has not written shim.pid yet)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                args = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if args[0].endswith(b"berth-shim") and any(
+                    a.startswith(self.state.encode() + b"/") for a in args):
+                pids.append(int(entry))
+        return pids
+
     def kill_leftovers(self):
         # Shims outlive berthd by design: kill those left (and their containers), unmount.
-        for pid in self.shim_pids():
+        for pid in sorted(set(self.shim_pids()) | set(self.stray_shims())):
             try:
                 children = open(f"/proc/{pid}/task/{pid}/children").read().split()
             except OSError:
