@@ -130,17 +130,13 @@ impl Runtime {
 
     /// Creates the container: its process is set up and waits for `start`; returns its pid.
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<i32> {
-        self.create_startable(id, opts).map(|(pid, _)| pid)
+        self.create_startable(id, opts).map(|c| c.pid)
     }
 
     /// [`Runtime::create`], also saying what it takes to start the container without this
     /// runtime ([`release_init`]): `None` when its start must run poststart hooks. For a caller
     /// that lives on after the create (the shim), so the start need not load the record.
-    pub fn create_startable(
-        &self,
-        id: &str,
-        opts: &CreateOptions,
-    ) -> Result<(i32, Option<DirectStart>)> {
+    pub fn create_startable(&self, id: &str, opts: &CreateOptions) -> Result<Startable> {
         validate_id(id)?;
         let _span = tracing::info_span!("create", id).entered();
         let dir = Record::dir(&self.root, id);
@@ -175,14 +171,21 @@ impl Runtime {
             }
         })?;
         let res = self.create_in(id, opts, &plan, (&layout, &cgroup), rdt.as_ref());
-        if res.is_err() {
-            let _ = cgroup.destroy();
-            if let (Some(r), Some(p)) = (&rdt, &plan.intel_rdt) {
-                let _ = r.remove(&LinuxSyscall, p, id);
+        match res {
+            Ok((pid, direct)) => Ok(Startable {
+                pid,
+                direct,
+                cgroup,
+            }),
+            Err(e) => {
+                let _ = cgroup.destroy();
+                if let (Some(r), Some(p)) = (&rdt, &plan.intel_rdt) {
+                    let _ = r.remove(&LinuxSyscall, p, id);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
             }
-            let _ = std::fs::remove_dir_all(&dir);
         }
-        res
     }
 
     fn create_in(
@@ -748,6 +751,18 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     std::fs::write(&tmp, pid.to_string())
         .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// What [`Runtime::create_startable`] made.
+#[derive(Debug)]
+pub struct Startable {
+    /// The init's host pid.
+    pub pid: i32,
+    /// What starting the init without the runtime takes; `None` when the start must run
+    /// poststart hooks.
+    pub direct: Option<DirectStart>,
+    /// The container's cgroup, for a caller that watches its files (OOM kills, freezing).
+    pub cgroup: CgroupManager,
 }
 
 /// A created container's init, as [`release_init`] needs it.

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use berth_core::{Error, ErrorKind, Result};
-use berth_runtime::container::{DirectStart, wait_gate};
+use berth_runtime::container::{Startable, wait_gate};
 use berth_runtime::{CreateOptions, ExecOptions, Runtime};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process};
@@ -23,12 +23,20 @@ pub struct ChildStdio {
     pub stderr: OwnedFd,
 }
 
+/// What a runtime's create made: the init's pid, and what only the built-in runtime knows.
+pub enum Created {
+    /// By the built-in runtime.
+    Builtin(Startable),
+    /// By an external runtime: the init's pid.
+    External(i32),
+}
+
 /// What the shim needs from an OCI runtime.
 pub trait OciRuntime {
-    /// Creates the container from `bundle`; returns the init's pid and, when the runtime lets
-    /// the shim start the init by itself (the built-in one, without poststart hooks), what that
-    /// takes. When `rootfs_ready` is given, the container's process is made only once a byte
-    /// can be read from it (end of file fails the create).
+    /// Creates the container from `bundle`; returns the init's pid and, from the built-in
+    /// runtime, the container's cgroup and (without poststart hooks) what starting the init by
+    /// itself takes. When `rootfs_ready` is given, the container's process is made only once
+    /// a byte can be read from it (end of file fails the create).
     fn create(
         &self,
         id: &str,
@@ -36,7 +44,7 @@ pub trait OciRuntime {
         stdio: ChildStdio,
         console: Option<&Path>,
         rootfs_ready: Option<OwnedFd>,
-    ) -> Result<(i32, Option<DirectStart>)>;
+    ) -> Result<Created>;
     /// Lets the init exec.
     fn start(&self, id: &str) -> Result<()>;
     /// Signals the init (or every process).
@@ -125,14 +133,14 @@ impl OciRuntime for Builtin {
         stdio: ChildStdio,
         console: Option<&Path>,
         rootfs_ready: Option<OwnedFd>,
-    ) -> Result<(i32, Option<DirectStart>)> {
+    ) -> Result<Created> {
         let opts = CreateOptions {
             bundle: bundle.to_path_buf(),
             console_socket: console.map(Path::to_path_buf),
             rootfs_ready: rootfs_ready.map(Arc::new),
             ..CreateOptions::default()
         };
-        with_stdio(&stdio, || self.runtime.create_startable(id, &opts))
+        with_stdio(&stdio, || self.runtime.create_startable(id, &opts)).map(Created::Builtin)
     }
 
     fn start(&self, id: &str) -> Result<()> {
@@ -269,7 +277,7 @@ impl OciRuntime for External {
         stdio: ChildStdio,
         console: Option<&Path>,
         rootfs_ready: Option<OwnedFd>,
-    ) -> Result<(i32, Option<DirectStart>)> {
+    ) -> Result<Created> {
         if let Some(gate) = rootfs_ready {
             wait_gate(&gate)?;
         }
@@ -285,7 +293,7 @@ impl OciRuntime for External {
         }
         c.arg(id);
         self.spawn_with_stdio(c, stdio, "create")?;
-        Ok((read_pid(&pid_file)?, None))
+        Ok(Created::External(read_pid(&pid_file)?))
     }
 
     fn start(&self, id: &str) -> Result<()> {

@@ -30,7 +30,7 @@ fn parse_process(spec: &[u8]) -> Result<Process> {
 
 use crate::io::{self as sio, LogFile, Pump, Stream};
 use crate::isolate::{self, Reply};
-use crate::runtime::{Builtin, ChildStdio, External, OciRuntime};
+use crate::runtime::{Builtin, ChildStdio, Created, External, OciRuntime};
 
 /// How long output may keep flowing after a process exited before the exit is reported anyway
 /// (a daemonized child can hold the pipes open forever).
@@ -685,7 +685,7 @@ impl Shim {
             )?)));
         }
         let mut proc = Proc::new(stdio.clone());
-        let (id, bundle, binary) = (&self.id, &self.bundle, &req.runtime_binary);
+        let (id, bundle) = (&self.id, &self.bundle);
         // The rootfs is mounted here while the helper reads the spec and makes the cgroups;
         // the helper makes the container (and so copies the mount table) only after it.
         let mut mounted = false;
@@ -699,15 +699,27 @@ impl Shim {
             }
             Ok(())
         };
-        let created = |rt: &dyn OciRuntime, child, console: Option<&Path>, ready| {
-            let (pid, direct) = rt.create(id, bundle, child, console, Some(ready))?;
-            let mut reply = cgroup_files(bundle, &state_root, id, binary);
-            reply.pid = pid;
-            if let Some(d) = direct {
-                reply.exec_fifo = d.fifo.to_string_lossy().into_owned();
-                reply.init_start = d.pid_start;
+        let created = |rt: &dyn OciRuntime, child, console: Option<&Path>, ready| match rt.create(
+            id,
+            bundle,
+            child,
+            console,
+            Some(ready),
+        )? {
+            Created::Builtin(c) => {
+                let mut reply = cgroup_reply(&c.cgroup);
+                reply.pid = c.pid;
+                if let Some(d) = c.direct {
+                    reply.exec_fifo = d.fifo.to_string_lossy().into_owned();
+                    reply.init_start = d.pid_start;
+                }
+                Ok(reply)
             }
-            Ok(reply)
+            Created::External(pid) => {
+                let mut reply = external_cgroup_files(bundle);
+                reply.pid = pid;
+                Ok(reply)
+            }
         };
         let res = self.launch(&mut proc, runtime.as_ref(), true, created, mount_all);
         self.rootfs_mounted = mounted;
@@ -1226,45 +1238,47 @@ fn receive_master(listener: &UnixListener) -> Result<OwnedFd> {
 
 /// The container's cgroup and the files the shim reads itself (OOM kills, frozen), found with
 /// the runtime's cgroup code in the create helper.
-fn cgroup_files(bundle: &Path, state_root: &Path, id: &str, binary: &str) -> Reply {
-    use berth_runtime::cgroups::{CgroupManager, CgroupMountSource};
+fn cgroup_reply(cg: &berth_runtime::cgroups::CgroupManager) -> Reply {
+    use berth_runtime::cgroups::CgroupMountSource;
     let mut reply = Reply::default();
-    let Some(path) = cgroup_path(bundle, state_root, id, binary) else {
-        return reply;
-    };
-    if let Ok(cg) = CgroupManager::load(&path) {
-        for source in cg.mount_sources() {
-            let CgroupMountSource::Bind { name, host_dir } = source else {
-                continue;
-            };
-            let file = |f: &str| host_dir.join(f).to_string_lossy().into_owned();
-            if name.is_empty() {
-                reply.oom_file = file("memory.events");
-                reply.freezer_file = file("cgroup.events");
-            } else if name.split(',').any(|c| c == "memory") {
-                reply.oom_file = file("memory.oom_control");
-            } else if name.split(',').any(|c| c == "freezer") {
-                reply.freezer_file = file("freezer.state");
-            }
+    for source in cg.mount_sources() {
+        let CgroupMountSource::Bind { name, host_dir } = source else {
+            continue;
+        };
+        let file = |f: &str| host_dir.join(f).to_string_lossy().into_owned();
+        if name.is_empty() {
+            reply.oom_file = file("memory.events");
+            reply.freezer_file = file("cgroup.events");
+        } else if name.split(',').any(|c| c == "memory") {
+            reply.oom_file = file("memory.oom_control");
+        } else if name.split(',').any(|c| c == "freezer") {
+            reply.freezer_file = file("freezer.state");
         }
     }
-    reply.cgroup = path;
+    reply.cgroup = cg.path().to_owned();
     reply
 }
 
-/// The container's cgroup: recorded by the built-in runtime, from the spec otherwise.
-fn cgroup_path(bundle: &Path, state_root: &Path, id: &str, binary: &str) -> Option<String> {
-    if binary.is_empty() {
-        return berth_runtime::state::Record::load(state_root, id)
-            .ok()
-            .map(|r| r.cgroup_path);
+/// [`cgroup_reply`] for a container an external runtime made: its cgroup is the spec's
+/// `cgroupsPath`, on the host's layout (the built-in runtime hands over the one it made).
+fn external_cgroup_files(bundle: &Path) -> Reply {
+    let path = berth_runtime::spec::load(bundle).ok().and_then(|spec| {
+        spec.linux()
+            .as_ref()?
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+    });
+    let Some(path) = path else {
+        return Reply::default();
+    };
+    match berth_runtime::cgroups::CgroupManager::load(&path) {
+        Ok(cg) => cgroup_reply(&cg),
+        Err(_) => Reply {
+            cgroup: path,
+            ..Reply::default()
+        },
     }
-    let spec = berth_runtime::spec::load(bundle).ok()?;
-    spec.linux()
-        .as_ref()?
-        .cgroups_path()
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned())
 }
 
 fn metrics(s: &berth_runtime::cgroups::Stats) -> api::Metrics {
