@@ -369,18 +369,9 @@ class Berthd(Daemon):
     def stray_shims(self):
         """Shims of this berthd's state found by their command line (one that never answered
         its first request has not written shim.pid yet)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                args = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
-            except OSError:
-                continue
-            if args[0].endswith(b"berth-shim") and any(
-                    a.startswith(self.state.encode() + b"/") for a in args):
-                pids.append(int(entry))
-        return pids
+        state = self.state.encode() + b"/"
+        return pids_where(lambda args: args[0].endswith(b"berth-shim")
+                          and any(a.startswith(state) for a in args))
 
     def kill_leftovers(self):
         # Shims outlive berthd by design: kill those left (and their containers), unmount.
@@ -435,17 +426,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         return opts
 
     def shim_pids(self):
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                args = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
-            except OSError:
-                continue
-            if args and b"containerd-shim" in args[0] and self.sock.encode() in args:
-                pids.append(int(entry))
-        return pids
+        sock = self.sock.encode()
+        return pids_where(lambda args: b"containerd-shim" in args[0] and sock in args)
 
     def kill_leftovers(self):
         for pid in self.shim_pids():
@@ -1117,6 +1099,21 @@ def versions(bindir):
         "berthd_built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(
             os.path.getmtime(os.path.join(bindir, "berthd")))),
     }
+
+
+def pids_where(wanted):
+    """The processes whose command line (a list of byte strings) `wanted` accepts."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if args and wanted(args):
+            pids.append(int(entry))
+    return pids
 
 
 def work_filesystem(path):
