@@ -541,24 +541,29 @@ impl LocalTasks {
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let res = self
-            .create_in(ctx, &container.labels, &dir, &spec.value, &req, &binary)
-            .await;
+        let task = NewTask {
+            ctx,
+            labels: &container.labels,
+            dir: &dir,
+            spec: &spec.value,
+            req: &req,
+            binary: &binary,
+        };
+        let res = self.create_in(task).await;
         if res.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         res
     }
 
-    async fn create_in(
-        &self,
-        ctx: &RequestContext,
-        labels: &berth_core::labels::Labels,
-        dir: &Path,
-        spec: &[u8],
-        req: &CreateTask,
-        binary: &str,
-    ) -> Result<u32> {
+    async fn create_in(&self, task: NewTask<'_>) -> Result<u32> {
+        let NewTask {
+            ctx,
+            dir,
+            req,
+            binary,
+            ..
+        } = task;
         let id = req.container_id.as_str();
         // runc and crun move the init into its cgroups in a few ms: start the kernel's wait now.
         // Not for Berth's own runtime, which needs no wait and would queue behind this one.
@@ -572,7 +577,7 @@ impl LocalTasks {
             let (ns, id, dir) = (ctx.namespace.to_string(), id.to_owned(), dir.to_path_buf());
             move || Self::spawn_shim(&binary, &cache, &ns, &id, &dir)
         });
-        let written = self.write_bundle(ctx, labels, dir, spec, req, binary);
+        let written = self.write_bundle(task);
         let (mut child, stream) = spawning
             .await
             .map_err(|e| Error::internal(format!("spawn the shim: {e}")))??;
@@ -670,15 +675,15 @@ impl LocalTasks {
 
     /// Writes the bundle's files (spec, runtime record, /etc files) and says where the
     /// task's stdio and log go and which mount points the shim can make early.
-    fn write_bundle(
-        &self,
-        ctx: &RequestContext,
-        labels: &berth_core::labels::Labels,
-        dir: &Path,
-        spec: &[u8],
-        req: &CreateTask,
-        binary: &str,
-    ) -> Result<(api::Stdio, Vec<String>)> {
+    fn write_bundle(&self, task: NewTask<'_>) -> Result<(api::Stdio, Vec<String>)> {
+        let NewTask {
+            ctx,
+            labels,
+            dir,
+            spec,
+            req,
+            binary,
+        } = task;
         let id = req.container_id.as_str();
         std::fs::write(dir.join("config.json"), spec)
             .map_err(|e| Error::io("write config.json", e))?;
@@ -777,6 +782,20 @@ impl LocalTasks {
         }
         cleanup_dir(dir);
     }
+}
+
+/// What one Tasks.Create works from: the request and what it resolved to.
+#[derive(Clone, Copy)]
+struct NewTask<'a> {
+    ctx: &'a RequestContext,
+    labels: &'a berth_core::labels::Labels,
+    /// The task's directory (its bundle).
+    dir: &'a Path,
+    /// The container's spec (JSON).
+    spec: &'a [u8],
+    req: &'a CreateTask,
+    /// The external runtime's binary; empty for the built-in one.
+    binary: &'a str,
 }
 
 /// The file in a task's directory naming its external OCI runtime (absent or empty: the
