@@ -144,7 +144,9 @@ impl Metadata {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let now = Utc::now();
-        self.write(|txn| {
+        self.write_if_changed(|txn| {
+            // Most collections find nothing: their transaction is then rolled back unflushed.
+            let mut changed = false;
             let mut by_ns: BTreeMap<String, NsGraph> = BTreeMap::new();
             let mut content = txn.open_table(CONTENT).db("open table content")?;
             for (k, record) in scan_all::<_, ContentRecord>(&content, "content")? {
@@ -288,6 +290,7 @@ impl Metadata {
                     snapshots
                         .remove(key(&[ns, snapshotter, name]).as_str())
                         .db(format!("gc: remove snapshot {name:?} in namespace {ns}"))?;
+                    changed = true;
                     if let Some(parent) = &record.parent {
                         children
                             .remove(key(&[ns, snapshotter, parent, name]).as_str())
@@ -304,6 +307,7 @@ impl Metadata {
                         .remove(key(&[ns, digest.as_str()]).as_str())
                         .db(format!("gc: remove content {digest} in namespace {ns}"))?;
                     stats.records_removed += 1;
+                    changed = true;
                     tracing::debug!(namespace = %ns, %digest, "gc: removed content record");
                 }
             }
@@ -323,7 +327,8 @@ impl Metadata {
             for (ns, id) in &expired {
                 remove_resources(txn, ns, id)?;
             }
-            Ok(Marked { held, live_ingests })
+            changed |= !expired.is_empty();
+            Ok((Marked { held, live_ingests }, changed))
         })
     }
 

@@ -137,6 +137,25 @@ impl Metadata {
         self.write_with(durability, f)
     }
 
+    /// [`Metadata::write`] for a pass that usually changes nothing (a collection): `f` says
+    /// whether it changed anything, and only then is the transaction committed and flushed. An
+    /// unchanged one is rolled back, which costs no fdatasync.
+    pub(crate) fn write_if_changed<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write().db("begin write transaction")?;
+        let outcome = f(&txn);
+        if let Ok((value, true)) = outcome {
+            txn.commit().db("commit write transaction")?;
+            return Ok(value);
+        }
+        if let Err(abort) = txn.abort() {
+            tracing::warn!(error = %abort, "metadata: rolling back a write transaction");
+        }
+        outcome.map(|(value, _)| value)
+    }
+
     fn write_with<T>(
         &self,
         durability: redb::Durability,

@@ -295,3 +295,33 @@ fn dropping_the_store_stops_the_collector() {
     assert!(weak.upgrade().is_none());
     drop((blobs, dir));
 }
+
+#[test]
+fn a_collection_that_finds_nothing_leaves_the_database_file_untouched() {
+    let env = Env::new();
+    let c = ctx("default");
+    create_lease(&env, &c, "pull-1", Labels::new());
+    let kept = env.ingest(&c.clone().with_lease("pull-1"), b"leased", Labels::new());
+    let loose = env.ingest(&c, b"loose", Labels::new());
+    let file = env.dir.path().join("metadata").join("meta.db");
+    let read = || std::fs::read(&file).unwrap();
+
+    let before = read();
+    assert_eq!(env.md.collect().unwrap().records_removed, 1);
+    assert_ne!(
+        read(),
+        before,
+        "a collection that removed a record commits it"
+    );
+    assert!(!env.on_disk(&loose) && env.on_disk(&kept));
+
+    // Every later collection finds nothing: it must not commit (and flush) an empty change,
+    // since one runs after every lease deletion.
+    let settled = read();
+    for _ in 0..3 {
+        let stats = env.md.collect().unwrap();
+        assert_eq!((stats.records_removed, stats.blobs_removed), (0, 0));
+    }
+    assert_eq!(read(), settled, "an empty collection wrote to the database");
+    assert_eq!(env.info(&c, &kept).unwrap().size, 6);
+}

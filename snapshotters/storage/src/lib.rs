@@ -532,9 +532,10 @@ pub fn remove(store: &MetaStore, dirs: &dirs::SnapshotDirs, key: &str) -> Result
 
 /// Deletes every orphan in the snapshots directory (see [`dirs::SnapshotDirs::orphans`]),
 /// holding the write transaction so no create installs a directory meanwhile. Tries them all,
-/// then reports the first failure.
+/// then reports the first failure. The transaction changes no record, so its commit is not
+/// flushed: garbage collection runs this after every lease deletion.
 pub fn cleanup(store: &MetaStore, dirs: &dirs::SnapshotDirs) -> Result<()> {
-    store.write(|tx| {
+    store.write_lazily(|tx| {
         let known = tx.ids()?;
         let mut first_error = None;
         for orphan in dirs.orphans(&known)? {

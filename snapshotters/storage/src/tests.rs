@@ -302,3 +302,26 @@ fn failed_transaction_rolls_back() {
         .unwrap();
     assert_eq!(s.id, 1);
 }
+
+#[test]
+fn cleanup_removes_orphans_and_writes_nothing_to_the_store() {
+    let (d, store) = store();
+    let dirs = dirs::SnapshotDirs::open(d.path().join("snapshots")).unwrap();
+    chain(&store);
+    let orphan = d.path().join("snapshots").join("999");
+    std::fs::create_dir(&orphan).unwrap();
+    let db = d.path().join("metadata.redb");
+    let before = std::fs::read(&db).unwrap();
+
+    cleanup(&store, &dirs).unwrap();
+    assert!(!orphan.exists(), "the directory no snapshot owns is gone");
+    // Garbage collection cleans up after every lease deletion: an unchanged store must not
+    // be committed (and flushed) each time.
+    cleanup(&store, &dirs).unwrap();
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "cleanup wrote to the store"
+    );
+    assert_eq!(store.read(|tx| tx.ids()).unwrap().len(), 3);
+}
