@@ -10,6 +10,7 @@
 mod bundle;
 mod cgroup_warm;
 mod client;
+mod stdio;
 
 pub use cgroup_warm::prime as warm_cgroups;
 
@@ -565,6 +566,7 @@ impl LocalTasks {
             ..
         } = task;
         let id = req.container_id.as_str();
+        let stdin_held = stdio::hold_fifo_reader(&req.io.stdin);
         // runc and crun move the init into its cgroups in a few ms: start the kernel's wait now.
         // Not for Berth's own runtime, which needs no wait and would queue behind this one.
         if !binary.is_empty() {
@@ -634,6 +636,8 @@ impl LocalTasks {
                 return Err(e);
             }
         };
+        // The shim has its own reader of stdin now.
+        drop(stdin_held);
         // The shim lives on by itself; tokio reaps it if it ever exits while berthd runs.
         drop(child);
         let task = Arc::new(Task::new(dir.to_path_buf(), client, false));
